@@ -1,0 +1,97 @@
+"""Decoding untrusted image bytes into RGB arrays, with a reason for every refusal.
+
+A labelling job reads millions of objects it did not write; any of them may be
+empty, truncated, not an image, a decompression bomb, 16-bit, CMYK, palette or
+rotated by EXIF. ``decode_image`` either returns an ``H x W x 3`` uint8 RGB
+array (EXIF orientation applied) or raises ``ImageDecodeError`` whose
+``reason`` is one of ``SKIP_REASONS``, so callers can record a skip instead of
+crashing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+MIN_SIDE = 14  # one ViT patch
+DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger headers are treated as decompression bombs
+
+SKIP_REASONS = ("empty", "not_an_image", "truncated", "too_small", "too_large", "unsupported_mode", "read_error")
+
+
+class ImageDecodeError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        assert reason in SKIP_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16/32-bit greyscale: PIL's convert("RGB") clips at 255, so scale by the type's range.
+        a = np.nan_to_num(np.asarray(img).astype(np.float64))
+        if mode == "F":  # float images have no fixed range: stretch min..max
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) / (hi - lo if hi > lo else 1.0)
+        else:  # 16-bit data (PIL opens 16-bit PNGs as "I" too) over 0..65535
+            a = a / max(65535.0, float(a.max()))
+        g = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Drop alpha, as the official cv2.imread path does.
+        img = img.convert("RGBA").convert("RGB")
+    elif mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` from the header without decoding pixels (EXIF rotation not applied)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.height, img.width
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Encoded bytes -> ``H x W x 3`` uint8 RGB, EXIF orientation applied.
+
+    Raises ``ImageDecodeError`` with a ``reason`` for anything that is not a
+    usable image.
+    """
+    if not data:
+        raise ImageDecodeError("empty", "zero-byte object")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageDecodeError("too_large", f"{w}x{h} exceeds {max_pixels} pixels")
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError("too_large", str(e)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("not_an_image", "unrecognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e) or type(e).__name__
+        truncated = isinstance(e, EOFError) or any(t in msg.lower() for t in ("truncat", "broken data stream"))
+        reason = "truncated" if truncated else "not_an_image"
+        raise ImageDecodeError(reason, msg) from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a corrupt EXIF block must not lose an otherwise good image
+        pass
+    if min(img.size) < min_side:
+        raise ImageDecodeError("too_small", f"{img.width}x{img.height} has a side below {min_side} px")
+    try:
+        return _to_rgb_array(img)
+    except (OSError, ValueError) as e:
+        raise ImageDecodeError("unsupported_mode", f"mode {img.mode}: {e}") from None
