@@ -1,0 +1,270 @@
+"""Synthetic scenes: exact depth against hand computations, determinism, variety, the Ray job.
+
+Depth is checked against independent float64 geometry: a hit point is found
+along the unit-length ray, then its camera-z coordinate is taken and the point
+is projected back through K onto the pixel it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from depthlib.synthetic import (
+    Camera, Light, Material, Primitive, Room, SceneSpec, encode_image, render, render_scene, sample_scene,
+)
+
+
+def _ray(cam: Camera, i: int, j: int):
+    """World origin and unit direction of pixel (row i, col j), in float64."""
+    K = np.asarray(cam.K, np.float64)
+    pose = np.asarray(cam.camera_to_world, np.float64)
+    d = pose[:3, :3] @ np.linalg.solve(K, [j, i, 1.0])
+    return pose[:3, 3], d / np.linalg.norm(d)
+
+
+def _planar_depth(cam: Camera, point, i: int, j: int) -> float:
+    """Camera-z of a world point; asserts it projects back onto pixel (i, j)."""
+    pose = np.asarray(cam.camera_to_world, np.float64)
+    pc = pose[:3, :3].T @ (np.asarray(point) - pose[:3, 3])
+    uvw = np.asarray(cam.K, np.float64) @ pc
+    np.testing.assert_allclose(uvw[:2] / uvw[2], [j, i], atol=1e-6)
+    return float(pc[2])
+
+
+def _sphere_hit(o, d, c, r):
+    oc = o - np.asarray(c, np.float64)
+    b = float(oc @ d)
+    disc = b * b - (float(oc @ oc) - r * r)
+    return None if disc < 0 else -b - math.sqrt(disc)
+
+
+# --------------------------------------------------------------------------- random scenes
+
+
+@pytest.mark.parametrize("style", ["synthetic", "photo"])
+def test_shapes_dtypes_and_determinism(style):
+    a = render_scene(11, 48, 64, style)
+    b = render_scene(11, 48, 64, style)
+    assert a.image.shape == (48, 64, 3) and a.image.dtype == np.uint8
+    assert a.depth.shape == (48, 64) and a.depth.dtype == np.float32
+    assert a.valid.shape == (48, 64) and a.valid.dtype == bool
+    assert a.intrinsics.shape == (3, 3) and a.intrinsics.dtype == np.float32
+    assert a.camera_to_world.shape == (4, 4)
+    assert a.seed == 11 and a.style == style
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.depth, b.depth)
+    np.testing.assert_array_equal(a.valid, b.valid)
+
+
+@pytest.mark.parametrize("style", ["synthetic", "photo"])
+def test_depth_positive_where_valid_zero_elsewhere(style):
+    for seed in range(12):
+        s = render_scene(seed, 64, 64, style)
+        assert np.isfinite(s.depth).all()
+        assert s.valid.any(), seed
+        assert (s.depth[s.valid] > 0).all()
+        assert (s.depth[~s.valid] == 0).all()
+        assert s.depth.max() <= 100.0
+        assert s.image.std() > 5.0, "image is (nearly) constant"
+
+
+def test_variety_across_seeds():
+    scenes = [render_scene(seed, 64, 64) for seed in range(8)]
+    for a, b in zip(scenes, scenes[1:]):
+        assert not np.array_equal(a.image, b.image)
+        assert not np.array_equal(a.depth, b.depth)
+    specs = [sample_scene(seed, 64, 64) for seed in range(30)]
+    assert len({len(s.objects) for s in specs}) >= 5
+    assert len({p.shape for s in specs for p in s.objects}) == 3
+    assert len({p.material.pattern for s in specs for p in s.objects}) >= 5
+    assert any(s.room is not None for s in specs) and any(s.room is None for s in specs)
+    assert len({round(float(s.camera.K[0, 0]), 3) for s in specs}) == 30
+    # Objects spread from arm's length to far away.
+    dists = [np.linalg.norm(np.asarray(p.center[:2]) - s.camera.camera_to_world[:2, 3])
+             for s in specs for p in s.objects]
+    assert min(dists) < 2.0 and max(dists) > 30.0
+
+
+def test_photo_style_differs_from_synthetic():
+    def stats(style):
+        imgs = np.stack([render_scene(seed, 64, 64, style).image for seed in range(12)]).astype(np.float32)
+        sat = (imgs.max(-1) - imgs.min(-1)) / (imgs.max(-1) + 1.0)
+        # pixel-to-pixel roughness in flat areas: sensor noise in photos, none in synthetic
+        rough = np.median(np.abs(np.diff(imgs.mean(-1), axis=2)))
+        return sat.mean(), rough
+
+    sat_syn, rough_syn = stats("synthetic")
+    sat_photo, rough_photo = stats("photo")
+    assert sat_photo < 0.8 * sat_syn
+    assert rough_photo > rough_syn
+
+
+def test_photo_sky_is_painted_but_invalid():
+    for seed in range(20):
+        s = render_scene(seed, 64, 64, "photo")
+        sky = ~s.valid & (s.image[..., 2].astype(int) > s.image[..., 0].astype(int))
+        if sky.sum() > 50:
+            assert s.image[~s.valid].std() > 2.0
+            return
+    pytest.fail("no photo scene with visible sky among 20 seeds")
+
+
+# --------------------------------------------------------------------------- hand-made scenes: exact depth
+
+
+def _spec(cam, objects=(), ground=None, **kw):
+    return SceneSpec(camera=cam, objects=list(objects), ground=ground, **kw)
+
+
+def test_ground_plane_depth_matches_hand_computation():
+    cam = Camera.from_angles(60, 80, hfov_deg=70.0, position=(1.0, -2.0, 1.7), yaw_deg=30.0,
+                             pitch_deg=-20.0, roll_deg=5.0)
+    s = render(_spec(cam, ground=Material(pattern="checker"), max_depth=50.0))
+    checked = 0
+    for i in range(0, 60, 7):
+        for j in range(0, 80, 9):
+            o, d = _ray(cam, i, j)
+            if d[2] >= 0:
+                assert not s.valid[i, j] and s.depth[i, j] == 0.0
+                continue
+            dist = -o[2] / d[2]
+            z = _planar_depth(cam, o + dist * d, i, j)
+            if z > 50.0:
+                assert not s.valid[i, j] and s.depth[i, j] == 0.0
+            else:
+                assert s.valid[i, j]
+                assert s.depth[i, j] == pytest.approx(z, rel=2e-6)
+                checked += 1
+    assert checked > 20
+    assert (~s.valid).any()  # sky above the horizon
+
+
+@pytest.mark.parametrize("distance,radius", [(10.0, 2.0), (50.0, 0.3), (1.0, 0.4)])
+def test_sphere_straight_ahead(distance, radius):
+    # Odd image size: the centre pixel's ray is the optical axis (+y in the world).
+    cam = Camera.from_angles(65, 65, hfov_deg=60.0, position=(0.0, 0.0, 1.5))
+    c = (0.0, distance, 1.5)
+    s = render(_spec(cam, [Primitive("sphere", c, (radius,) * 3)]))
+    assert s.depth[32, 32] == pytest.approx(distance - radius, rel=1e-6)
+    assert not s.valid[0, 0] and s.depth[0, 0] == 0.0  # nothing but the sphere in the scene
+    for i, j in [(30, 33), (28, 36), (32, 20), (40, 32)]:
+        o, d = _ray(cam, i, j)
+        t = _sphere_hit(o, d, c, radius)
+        if t is None:
+            assert not s.valid[i, j]
+        else:
+            assert s.valid[i, j]
+            assert s.depth[i, j] == pytest.approx(_planar_depth(cam, o + t * d, i, j), rel=2e-6)
+
+
+def test_boxes_and_cylinders_straight_ahead():
+    cam = Camera.from_angles(65, 65, hfov_deg=60.0, position=(0.0, 0.0, 1.5))
+    yaw45 = np.array([[math.cos(math.pi / 4), -math.sin(math.pi / 4), 0], [math.sin(math.pi / 4), math.cos(math.pi / 4), 0],
+                      [0, 0, 1]])
+    lying = np.array([[0, 0, 1], [0, 1, 0], [-1, 0, 0]], dtype=float)  # cylinder axis along world x
+    cases = [
+        (Primitive("box", (0, 10, 1.5), (1.0, 0.5, 1.0)), 9.5),
+        (Primitive("box", (0, 10, 1.5), (1.0, 1.0, 1.0), yaw45), 10.0 - math.sqrt(2.0)),  # a vertical edge
+        (Primitive("cylinder", (0, 10, 1.5), (1.0, 1.0, 1.0)), 9.0),
+        (Primitive("cylinder", (0, 10, 1.5), (0.5, 0.5, 2.0), lying), 9.5),
+        (Primitive("sphere", (0, 10, 1.5), (2.0, 0.5, 1.0)), 9.5),  # ellipsoid
+    ]
+    for prim, expected in cases:
+        s = render(_spec(cam, [prim]))
+        assert s.valid[32, 32]
+        assert s.depth[32, 32] == pytest.approx(expected, rel=1e-6), prim
+
+
+def test_box_face_depth_off_axis_and_nearest_hit_wins():
+    cam = Camera.from_angles(65, 65, hfov_deg=60.0, position=(0.0, 0.0, 1.5), yaw_deg=10.0, pitch_deg=-5.0)
+    box = Primitive("box", (0.5, 12, 1.0), (3.0, 0.5, 2.0))    # front face at world y = 11.5
+    ball = Primitive("sphere", (0.0, 6, 1.2), (0.6,) * 3)
+    s = render(_spec(cam, [box, ball], ground=Material()))
+    hits = {"box": 0, "ball": 0}
+    for i in range(0, 65, 4):
+        for j in range(0, 65, 4):
+            o, d = _ray(cam, i, j)
+            cands = []
+            if d[1] > 0:
+                t = (11.5 - o[1]) / d[1]
+                p = o + t * d
+                if abs(p[0] - 0.5) <= 3.0 and -1.0 <= p[2] <= 3.0:
+                    cands.append((t, "box"))
+            tb = _sphere_hit(o, d, ball.center, 0.6)
+            if tb is not None and tb > 0:
+                cands.append((tb, "ball"))
+            if d[2] < 0:
+                cands.append((-o[2] / d[2], "ground"))
+            if not cands:
+                continue
+            t, what = min(cands)
+            # skip pixels within a hair of a silhouette, where float32 may pick the other surface
+            if len(cands) > 1 and sorted(cands)[1][0] - t < 1e-3:
+                continue
+            if what in hits:
+                hits[what] += 1
+            z = _planar_depth(cam, o + t * d, i, j)
+            if z > 80.0:  # the default max_depth: far ground is background
+                assert not s.valid[i, j] and s.depth[i, j] == 0.0
+            else:
+                assert s.depth[i, j] == pytest.approx(z, rel=2e-6), (i, j, what)
+    assert hits["box"] > 10 and hits["ball"] > 3
+
+
+def test_room_interior_is_all_valid_and_exact():
+    cam = Camera.from_angles(33, 33, hfov_deg=80.0, position=(0.5, -1.0, 1.4), yaw_deg=0.0)
+    room = Room(center=(0.0, 0.0, 1.5), size=(3.0, 4.0, 1.5))   # back wall at y = 4
+    s = render(_spec(cam, room=room, max_depth=50.0))
+    assert s.valid.all()
+    assert s.depth[16, 16] == pytest.approx(5.0, rel=1e-6)
+    o, d = _ray(cam, 0, 0)  # top-left corner ray: left wall, ceiling or back wall, whichever is first
+    ts = [t for t in ((-3.0 - o[0]) / d[0], (3.0 - o[2]) / d[2], (4.0 - o[1]) / d[1]) if t > 0]
+    assert s.depth[0, 0] == pytest.approx(_planar_depth(cam, o + min(ts) * d, 0, 0), rel=2e-6)
+
+
+def test_shadow_darkens_the_ground_behind_a_box():
+    cam = Camera.from_angles(65, 65, hfov_deg=70.0, position=(0.0, 0.0, 6.0), pitch_deg=-60.0)
+    L = np.array([-0.5, 0.0, math.sqrt(0.75)])  # light from -x, 60 deg high
+    box = Primitive("box", (0.0, 4.0, 0.5), (0.5, 0.5, 0.5), material=Material(color=(0.5, 0.5, 0.5)))
+    spec = _spec(cam, [box], ground=Material(color=(0.8, 0.8, 0.8)),
+                 light=Light(direction=tuple(L), color=(0.7, 0.7, 0.7), ambient=(0.2, 0.2, 0.2)))
+    s = render(spec)
+
+    def pixel(p):
+        pose = np.asarray(cam.camera_to_world)
+        uvw = np.asarray(cam.K) @ (pose[:3, :3].T @ (np.asarray(p) - pose[:3, 3]))
+        return int(round(uvw[1] / uvw[2])), int(round(uvw[0] / uvw[2]))
+
+    # (0.8, 4, 0): its ray towards the light enters the box at x = 0.5, z = 0.52; the camera
+    # sees it past the box's side. (-2.5, 4, 0) is open ground on the lit side.
+    (i0, j0), (i1, j1) = pixel((0.8, 4.0, 0.0)), pixel((-2.5, 4.0, 0.0))
+    assert s.valid[i0, j0] and s.valid[i1, j1]
+    ambient_only, lit = 0.8 * 0.2 * 255, 0.8 * (0.2 + 0.7 * L[2]) * 255
+    assert s.image[i0, j0].mean() == pytest.approx(ambient_only, abs=1.0)
+    assert s.image[i1, j1].mean() == pytest.approx(lit, abs=1.0)
+
+
+def test_encode_image_round_trip():
+    from PIL import Image
+    import io
+
+    img = render_scene(3, 40, 56).image
+    png = encode_image(img, "png")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), img)
+    jpg = encode_image(img, "jpeg", quality=90)
+    back = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(int)
+    assert jpg[:2] == b"\xff\xd8" and back.shape == img.shape
+    assert np.abs(back - img).mean() < 8
+    with pytest.raises(ValueError):
+        encode_image(img, "gif")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        render_scene(0, 32, 32, style="cartoon")
+    with pytest.raises(ValueError):
+        render_scene(0, 0, 32)
