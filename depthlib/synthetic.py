@@ -341,20 +341,23 @@ def _occluded(shape, ox, oy, oz, d):
     return (tn <= tf) & (tf > 0.0)
 
 
-def _local_normal(shape, px, py, pz):
-    """Outward normal in the canonical frame at a canonical surface point.
+def _local_normal(shape, p):
+    """Outward normals in the canonical frame at canonical surface points ``p`` (3, ...).
 
     On a face of the cube (or a cap of the cylinder) that coordinate is +-1 up to
     rounding and the others are inside (-1, 1), so truncating the slightly
     scaled coordinate picks the face; only points within 5e-4 of an edge get two.
     """
     if shape == "sphere":
-        return px, py, pz
+        return p
     if shape == "cylinder":
-        cap = np.trunc(pz * 1.0005)
-        side = 1.0 - np.abs(cap)
-        return px * side, py * side, cap
-    return np.trunc(px * 1.0005), np.trunc(py * 1.0005), np.trunc(pz * 1.0005)
+        q = np.empty_like(p)
+        np.trunc(p[2] * 1.0005, out=q[2])
+        side = 1.0 - np.abs(q[2])
+        np.multiply(p[:2], side, out=q[:2])
+        return q
+    q = p * 1.0005
+    return np.trunc(q, out=q)
 
 
 # --------------------------------------------------------------------------- textures
@@ -420,45 +423,51 @@ def _frac(x):
 
 
 def _pattern(mat: Material, x, y, z, tex: _Tex, salt: int):
-    """Pattern value in [0, 1] (0 = ``color``, 1 = ``color2``) and its frequency (cycles/m)."""
+    """Pattern value in [0, 1] (0 = ``color``, 1 = ``color2``), or None for a solid colour."""
     p, s = mat.pattern, float(mat.scale)
     a0, a1, a2 = (float(c) for c in mat.axis)
     if p == "checker":
         f = np.floor(x * s) + np.floor(y * s) + np.floor(z * s)
-        return f - 2.0 * np.floor(f * 0.5), s
+        return f - 2.0 * np.floor(f * 0.5)
     if p == "stripes":
-        return (_frac((x * a0 + y * a1 + z * a2) * s) < 0.5).astype(np.float32), s
+        return (_frac((x * a0 + y * a1 + z * a2) * s) < 0.5).astype(np.float32)
     if p == "gradient":
-        return np.clip((x * a0 + y * a1 + z * a2) * s + 0.5, 0.0, 1.0), 0.0
+        return np.clip((x * a0 + y * a1 + z * a2) * s + 0.5, 0.0, 1.0)
     if p == "noise":
         u = (x * a0 + y * a1 + z * a2) * s
         v = (x * a2 - y * a0 + z * a1) * s
-        return tex.noise(u, v, salt), 2.0 * s
+        return tex.noise(u, v, salt)
     if p == "rings":
         h = x * a0 + y * a1 + z * a2
         r2 = np.maximum(x * x + y * y + z * z - h * h, 0.0)
-        return (_frac(np.sqrt(r2) * s) < 0.5).astype(np.float32), s
+        return (_frac(np.sqrt(r2) * s) < 0.5).astype(np.float32)
     if p == "bricks":  # courses along object z, joints offset every other course
         hz = z * (2.0 * s)
         hx = (x + y) * s + 0.5 * np.floor(hz)
         mortar = (_frac(hz) < 0.1) | (_frac(hx) < 0.05)
-        return mortar.astype(np.float32), 4.0 * s
+        return mortar.astype(np.float32)
     if p == "planks":  # boards across ``axis``, wood grain along it
         h = x * a0 + y * a1 + z * a2
         across = (x + y + z - h) * s
         board = np.floor(across)
         g = tex.noise(h * 0.5 + board * 7.0, across * 4.0, salt)
-        return np.minimum(g * 0.85 + (_frac(across) < 0.04), 1.0), 8.0 * s
-    return None, 0.0
+        return np.minimum(g * 0.85 + (_frac(across) < 0.04), 1.0)
+    return None
 
 
 class _Footprint:
-    """Lazily computed metres-per-pixel on a surface (for texture anti-aliasing)."""
+    """Metres per pixel on a surface (for texture anti-aliasing), computed only if needed.
 
-    def __init__(self, fn, bound: float):
+    ``lower`` and ``upper`` bound it over the surface (``upper`` where the view
+    is not grazing beyond ~75 deg); they let whole objects skip the per-pixel
+    footprint, and far objects skip patterns they are too small to show.
+    """
+
+    def __init__(self, fn, lower: float, upper: float):
         self._fn = fn
         self._value = None
-        self.bound = bound  # upper bound of the footprint where the view is not grazing
+        self.lower = lower
+        self.upper = upper
 
     def get(self):
         if self._value is None:
@@ -466,38 +475,53 @@ class _Footprint:
         return self._value
 
 
+# Frequency of each pattern's finest detail, in multiples of ``Material.scale``, and its mean
+# value (what a fully faded pattern shows).
+_PATTERN_FREQ = {"checker": 1.0, "stripes": 1.0, "gradient": 0.0, "noise": 2.0, "rings": 1.0,
+                 "bricks": 4.0, "planks": 8.0}
+_PATTERN_MEAN = {"bricks": 0.15, "planks": 0.5}
+
+
 def _fade(freq: float, fp: _Footprint):
     """Contrast kept by a pattern of ``freq`` cycles/m: 1 below 1/4 cycle per pixel, 0 from 1/2 on.
 
     None when no pixel of the surface can alias (saves the per-pixel work).
     """
-    if freq <= 0.0 or freq * fp.bound * 4.0 < 0.25:  # no aliasing unless grazing beyond ~75 deg
+    if freq <= 0.0 or freq * fp.upper < 0.25:
         return None
     return np.clip(2.0 - (4.0 * freq) * fp.get(), 0.0, 1.0)
 
 
 def _albedo(mat: Material, x, y, z, fp: _Footprint, tex: _Tex, salt: int = 0):
-    """Albedo (r, g, b) arrays for object-frame points (metres)."""
-    c1 = [float(c) for c in mat.color]
-    c2 = [float(c) for c in mat.color2]
-    pat, freq = _pattern(mat, x, y, z, tex, salt)
+    """Albedo as a (3, ...) array (possibly a broadcast view) for object-frame points in metres."""
+    c1 = np.asarray(mat.color, np.float32)
+    c2 = np.asarray(mat.color2, np.float32)
+    freq = _PATTERN_FREQ.get(mat.pattern, 0.0) * float(mat.scale)
+    if mat.pattern in _PATTERN_FREQ and freq * fp.lower >= 0.5:
+        # Too far for any pixel to resolve the pattern: its average colour.
+        c1 = c1 + (c2 - c1) * np.float32(_PATTERN_MEAN.get(mat.pattern, 0.5))
+        pat = None
+    else:
+        pat = _pattern(mat, x, y, z, tex, salt)
+    shape = (3,) + x.shape
     if pat is None:
-        chans = [np.full(x.shape, c, np.float32) for c in c1]
+        rgb = np.broadcast_to(c1.reshape((3,) + (1,) * x.ndim), shape)
     else:
         fade = _fade(freq, fp)
         if fade is not None:
             pat = (pat - 0.5) * fade + 0.5
-        chans = [(b - a) * pat + a for a, b in zip(c1, c2)]
-    if mat.grain > 0.0:
-        gs = float(mat.grain_scale)
+        rgb = pat * (c2 - c1).reshape((3,) + (1,) * x.ndim)
+        rgb += c1.reshape((3,) + (1,) * x.ndim)
+    gs = float(mat.grain_scale)
+    if mat.grain > 0.0 and gs * fp.lower < 0.25:
         n = tex.noise((x + 0.37 * z) * gs, (y - 0.53 * z) * gs, salt + 3)
         mod = (n - 0.5) * (2.0 * float(mat.grain))
         fade = _fade(2.0 * gs, fp)
         if fade is not None:
             mod *= fade
         mod += 1.0
-        chans = [c * mod for c in chans]
-    return chans
+        rgb = rgb * mod
+    return rgb
 
 
 # --------------------------------------------------------------------------- renderer
@@ -512,25 +536,33 @@ _CUBE = np.array([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (
 
 
 class _Placed:
-    """A primitive's canonical map, with its matrices as Python floats (keeps numpy in float32)."""
+    """A primitive's canonical map, precomputed for the renderer.
+
+    The depth path (camera rays) multiplies by Python floats, one IEEE operation
+    at a time, so depth is bit-reproducible on any machine; shading and shadows
+    use float32 matrix products (BLAS), which are faster for the many small
+    arrays of small objects.
+    """
 
     def __init__(self, shape, center, size, rotation, material=None):
         self.shape = shape
         self.material = material
         size = np.asarray(size, dtype=np.float64)
         R = np.asarray(rotation, dtype=np.float64)
-        self.R = R
         self.M = R.T / size[:, None]                       # world -> canonical
         self.c = np.asarray(center, dtype=np.float64)
         self.m = [float(v) for v in self.M.ravel()]
+        self.M32 = self.M.astype(np.float32)
+        self.mc32 = (self.M @ self.c).astype(np.float32)[:, None]
         # Canonical normal -> world normal: R diag(1/size) (inverse transpose of the map); for
         # boxes, spheres and circular cylinders R alone keeps the direction and the unit length.
         self.uniform = shape == "box" or (shape == "sphere" and np.ptp(size) == 0.0) or (
             shape == "cylinder" and size[0] == size[1])
-        self.nt = [float(v) for v in (R if self.uniform else R / size[None, :]).ravel()]
+        self.N32 = (R if self.uniform else R / size[None, :]).astype(np.float32)
         self.size = [float(s) for s in size]
+        self.size32 = size.astype(np.float32)[:, None, None]
+        self.radius = math.hypot(*self.size)  # encloses the bounding box
         self.corners = self.c + (_CUBE * size) @ R.T     # oriented bounding box, world
-        self.mc = [float(v) for v in self.M @ self.c]
         self.box = None   # pixel box of the projected bounding box
         self.ldir = None  # camera rays in the canonical frame, over ``box``
         self.lo = None    # camera centre in the canonical frame
@@ -564,12 +596,13 @@ class _Frame:
         R = self.R
         # World ray direction per pixel: R @ [u, v, 1]. Its camera-z component is 1, so the
         # ray parameter t of any hit is the planar depth of that hit.
-        self.dx, self.dy, self.dz = (
-            (R[c, 0] * u + R[c, 2]).astype(np.float32)[None, :] + (R[c, 1] * v).astype(np.float32)[:, None]
-            for c in range(3))
+        self.d = np.empty((3, H, W), np.float32)
+        for c in range(3):
+            np.add((R[c, 0] * u + R[c, 2]).astype(np.float32)[None, :],
+                   (R[c, 1] * v).astype(np.float32)[:, None], out=self.d[c])
+        self.dx, self.dy, self.dz = self.d
         self.t = np.full((H, W), np.inf, dtype=np.float32)
         self.id = np.full((H, W), -1, dtype=np.int16)
-        self.full = (slice(0, H), slice(0, W))
 
     def pixel_boxes(self, points: np.ndarray) -> list:
         """Pixel boxes (row slice, col slice) covering the convex hulls of point sets, or None.
@@ -584,7 +617,7 @@ class _Frame:
             us = self.fx * pc[..., 0] / z + self.cx
             vs = self.fy * pc[..., 1] / z + self.cy
         all_front = front.all(axis=1)
-        rect = np.stack([us.min(axis=1), us.max(axis=1), vs.min(axis=1), vs.max(axis=1)], axis=1)
+        rect = np.stack([us.min(axis=1), us.max(axis=1), vs.min(axis=1), vs.max(axis=1)], axis=1).tolist()
         boxes = []
         for i in range(len(points)):
             if all_front[i]:
@@ -605,7 +638,7 @@ class _Frame:
         z = np.maximum(pts[:, 2], _NEAR)
         us = self.fx * pts[:, 0] / z + self.cx
         vs = self.fy * pts[:, 1] / z + self.cy
-        return self._box(us.min(), us.max(), vs.min(), vs.max())
+        return self._box(float(us.min()), float(us.max()), float(vs.min()), float(vs.max()))
 
     def _box(self, u0, u1, v0, v1):
         # Pixel centres sit at integer coordinates; keep every centre inside [u0, u1] x [v0, v1].
@@ -616,6 +649,14 @@ class _Frame:
         if j0 >= j1 or i0 >= i1:
             return None
         return (slice(int(i0), int(i1)), slice(int(j0), int(j1)))
+
+
+def _rows_of(mask: np.ndarray, W: int):
+    """The smallest full-width box holding every True pixel of ``mask``, or None."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return None
+    return (slice(int(rows[0]), int(rows[-1]) + 1), slice(0, W))
 
 
 @functools.lru_cache(maxsize=1)
@@ -674,8 +715,8 @@ def _render(spec: SceneSpec) -> Scene:
     if spec.style == "photo":
         img = _photo_film(col, rng, fr.H, fr.W)
     else:
-        img = np.stack(col, axis=-1)
-        img += 0.5
+        img = np.empty((fr.H, fr.W, 3), np.float32)
+        np.add(col.transpose(1, 2, 0), 0.5, out=img)
         np.clip(img, 0.0, 255.0, out=img)
         img = img.astype(np.uint8)
     return Scene(image=img, depth=depth, valid=valid,
@@ -713,32 +754,29 @@ def _cast_primary(fr: _Frame, spec: SceneSpec, room, placed) -> None:
 
 
 def _surfaces(fr: _Frame, spec: SceneSpec, room, placed, tex: _Tex):
-    """World normals and albedo of the visible surface at every pixel."""
+    """World normals and albedo of the visible surface at every pixel, as (3, H, W) arrays."""
     H, W = fr.H, fr.W
     t, ids = fr.t, fr.id
-    nx = np.zeros((H, W), np.float32)
-    ny = np.zeros((H, W), np.float32)
-    nz = np.ones((H, W), np.float32)
-    alb = [np.zeros((H, W), np.float32) for _ in range(3)]
+    normal = np.zeros((3, H, W), np.float32)
+    normal[2] = 1.0
+    albedo = np.zeros((3, H, W), np.float32)
     ox, oy, oz = (float(v) for v in fr.o)
     f_inv = fr.f_inv
 
     if room is not None:
-        _room_surface(fr, spec.room, room, (nx, ny, nz), alb, tex)
+        _room_surface(fr, spec.room, room, normal, albedo, tex)
     elif spec.ground is not None:
-        rows = np.flatnonzero((ids == 0).any(axis=1))
-        if rows.size:
-            sl = (slice(int(rows[0]), int(rows[-1]) + 1), slice(0, W))
+        sl = _rows_of(ids == 0, W)
+        if sl is not None:
             tt = t[sl]
-            m = ids[sl] == 0
             dz = fr.dz[sl]
             gx = tt * fr.dx[sl] + ox
             gy = tt * fr.dy[sl] + oy
             # Pixel footprint on the plane: ray length / (f * |cos|), with |cos| = |dz| / |d|.
             fp = _Footprint(lambda: tt * (fr.dx[sl] ** 2 + fr.dy[sl] ** 2 + dz * dz)
-                            * np.float32(f_inv) / np.maximum(-dz, 0.02), math.inf)
-            for a, c in zip(alb, _albedo(spec.ground, gx, gy, np.zeros_like(gx), fp, tex, salt=0)):
-                np.copyto(a[sl], c, where=m)
+                            * np.float32(f_inv) / np.maximum(-dz, 0.02), oz * f_inv, math.inf)
+            rgb = _albedo(spec.ground, gx, gy, np.zeros_like(gx), fp, tex, salt=0)
+            np.copyto(albedo[:, sl[0], sl[1]], rgb, where=ids[sl] == 0)
 
     for k, pl in enumerate(placed, start=1):
         sl = pl.box
@@ -748,71 +786,57 @@ def _surfaces(fr: _Frame, spec: SceneSpec, room, placed, tex: _Tex):
         if not m.any():
             continue
         tt = t[sl]
-        lo = pl.lo
-        lx, ly, lz = pl.ldir
-        px = tt * lx + lo[0]
-        py = tt * ly + lo[1]
-        pz = tt * lz + lo[2]
-        qx, qy, qz = _local_normal(pl.shape, px, py, pz)
-        nt = pl.nt
-        wx = nt[0] * qx + nt[1] * qy + nt[2] * qz
-        wy = nt[3] * qx + nt[4] * qy + nt[5] * qz
-        wz = nt[6] * qx + nt[7] * qy + nt[8] * qz
+        h, w = tt.shape
+        p = np.stack(pl.ldir)  # canonical hit points: lo + t * ldir
+        p *= tt
+        p += np.asarray(pl.lo, np.float32)[:, None, None]
+        q = _local_normal(pl.shape, p)
+        wn = (pl.N32 @ q.reshape(3, -1)).reshape(3, h, w)
         if not pl.uniform:
-            inv = 1.0 / np.sqrt(wx * wx + wy * wy + wz * wz)
-            wx *= inv
-            wy *= inv
-            wz *= inv
+            wn /= np.sqrt(np.einsum("ihw,ihw->hw", wn, wn))
 
-        def footprint(sl=sl, tt=tt, wx=wx, wy=wy, wz=wz):
-            ddx, ddy, ddz = fr.dx[sl], fr.dy[sl], fr.dz[sl]
-            cosd = np.abs(wx * ddx + wy * ddy + wz * ddz)
-            return tt * (ddx * ddx + ddy * ddy + ddz * ddz) * np.float32(f_inv) / np.maximum(cosd, 0.05)
+        def footprint(sl=sl, tt=tt, wn=wn):
+            d = fr.d[:, sl[0], sl[1]]
+            cosd = np.abs(np.einsum("ihw,ihw->hw", wn, d))
+            return tt * np.einsum("ihw,ihw->hw", d, d) * np.float32(f_inv) / np.maximum(cosd, 0.05)
 
-        # Ray length to the farthest point, times the largest |d| (about 1.8 at 90 deg corners).
-        far = float(np.linalg.norm(pl.c - fr.o)) + float(np.linalg.norm(pl.size))
-        fp = _Footprint(footprint, 1.8 * far * f_inv)
-        s = pl.size
-        chans = _albedo(pl.material, px * s[0], py * s[1], pz * s[2], fp, tex, salt=k)
-        np.copyto(nx[sl], wx, where=m)
-        np.copyto(ny[sl], wy, where=m)
-        np.copyto(nz[sl], wz, where=m)
-        for a, c in zip(alb, chans):
-            np.copyto(a[sl], c, where=m)
-    return (nx, ny, nz), alb
+        # Ray lengths to the nearest and farthest points; |d| is 1 on the axis and about
+        # 1.8 in the corners of a 90 deg view.
+        dist = math.dist(pl.c, fr.o)
+        fp = _Footprint(footprint, max(dist - pl.radius, 0.0) * f_inv, 1.8 * (dist + pl.radius) * f_inv)
+        p *= pl.size32  # object frame, metres
+        rgb = _albedo(pl.material, p[0], p[1], p[2], fp, tex, salt=k)
+        np.copyto(normal[:, sl[0], sl[1]], wn, where=m)
+        np.copyto(albedo[:, sl[0], sl[1]], rgb, where=m)
+    return normal, albedo
 
 
-def _room_surface(fr: _Frame, room_spec: Room, room: _Placed, normal, alb, tex: _Tex):
+def _room_surface(fr: _Frame, room_spec: Room, room: _Placed, normal, albedo, tex: _Tex):
     lo = room.to_local_point(fr.o)
-    lx, ly, lz = room.to_local_dir(fr.dx, fr.dy, fr.dz)
+    p = np.stack(room.to_local_dir(fr.dx, fr.dy, fr.dz))
+    p *= fr.t
+    p += np.asarray(lo, np.float32)[:, None, None]
+    q = _local_normal("box", p)
+    # seen from inside: the normal points into the room
+    np.negative((room.N32 @ q.reshape(3, -1)).reshape(q.shape), out=normal)
+    faces = q[2]
+    p *= room.size32
     t = fr.t
-    px = t * lx + lo[0]
-    py = t * ly + lo[1]
-    pz = t * lz + lo[2]
-    qx, qy, qz = _local_normal("box", px, py, pz)
-    nt = room.nt
-    for c, out in enumerate(normal):  # seen from inside: the normal points into the room
-        out[:] = -(nt[3 * c] * qx + nt[3 * c + 1] * qy + nt[3 * c + 2] * qz)
-    s = room.size
-    x, y, z = px * s[0], py * s[1], pz * s[2]
-    nx, ny, nz = normal
 
     def footprint():
-        ddx, ddy, ddz = fr.dx, fr.dy, fr.dz
-        cosd = np.abs(nx * ddx + ny * ddy + nz * ddz)
-        return t * (ddx * ddx + ddy * ddy + ddz * ddz) * np.float32(fr.f_inv) / np.maximum(cosd, 0.05)
+        cosd = np.abs(np.einsum("ihw,ihw->hw", normal, fr.d))
+        return t * np.einsum("ihw,ihw->hw", fr.d, fr.d) * np.float32(fr.f_inv) / np.maximum(cosd, 0.05)
 
-    fp = _Footprint(footprint, 1.8 * 2.0 * float(np.linalg.norm(room.size)) * fr.f_inv)
-    for a, c in zip(alb, _albedo(room_spec.walls, x, y, z, fp, tex, salt=1)):
-        a[:] = c
-    for face, mat, salt in ((qz < 0.0, room_spec.floor, 2), (qz > 0.0, room_spec.ceiling, 3)):
-        rows = np.flatnonzero(face.any(axis=1))
-        if not rows.size:
+    fp = _Footprint(footprint, 0.0, 1.8 * 2.0 * math.hypot(*room.size) * fr.f_inv)
+    albedo[:] = _albedo(room_spec.walls, p[0], p[1], p[2], fp, tex, salt=1)
+    for face, mat, salt in ((faces < 0.0, room_spec.floor, 2), (faces > 0.0, room_spec.ceiling, 3)):
+        sl = _rows_of(face, fr.W)
+        if sl is None:
             continue
-        sl = (slice(int(rows[0]), int(rows[-1]) + 1), slice(0, fr.W))
-        sub = _Footprint(lambda sl=sl: fp.get()[sl], fp.bound)
-        for a, c in zip(alb, _albedo(mat, x[sl], y[sl], z[sl], sub, tex, salt=salt)):
-            np.copyto(a[sl], c, where=face[sl])
+        sub = _Footprint(lambda sl=sl: fp.get()[sl], fp.lower, fp.upper)
+        ps = p[:, sl[0], sl[1]]
+        rgb = _albedo(mat, ps[0], ps[1], ps[2], sub, tex, salt=salt)
+        np.copyto(albedo[:, sl[0], sl[1]], rgb, where=face[sl])
 
 
 def _shadows(fr: _Frame, placed, L, ndl) -> None:
@@ -820,8 +844,6 @@ def _shadows(fr: _Frame, placed, L, ndl) -> None:
     lz = float(L[2])
     if not placed or lz <= 0.05:
         return
-    ox, oy, oz = (float(v) for v in fr.o)
-    t, ids = fr.t, fr.id
     world = None
     # Receivers have z >= 0, so a primitive's shadow volume lies in the hull of its bounding
     # box corners and their projections along -L onto the ground.
@@ -834,54 +856,45 @@ def _shadows(fr: _Frame, placed, L, ndl) -> None:
         lit = ndl[sl] > 0.0
         if not lit.any():
             continue
-        if world is None:
-            world = (t * fr.dx + ox, t * fr.dy + oy, t * fr.dz + oz)
-        m, mc = pl.m, pl.mc
-        qx, qy, qz = world[0][sl], world[1][sl], world[2][sl]
-        lox = m[0] * qx + m[1] * qy + m[2] * qz - mc[0]
-        loy = m[3] * qx + m[4] * qy + m[5] * qz - mc[1]
-        loz = m[6] * qx + m[7] * qy + m[8] * qz - mc[2]
-        occ = _occluded(pl.shape, lox, loy, loz, tuple(float(v) for v in pl.M @ L))
+        if world is None:  # hit points, (3, H, W)
+            world = fr.d * fr.t
+            world += fr.o.astype(np.float32)[:, None, None]
+        h, w = lit.shape
+        lo = pl.M32 @ world[:, sl[0], sl[1]].reshape(3, -1)
+        lo -= pl.mc32
+        occ = _occluded(pl.shape, lo[0], lo[1], lo[2], tuple(float(v) for v in pl.M @ L)).reshape(h, w)
         # A convex primitive cannot shadow its own lit side, so skip its own pixels.
         occ &= lit
-        occ &= ids[sl] != k
+        occ &= fr.id[sl] != k
         np.copyto(ndl[sl], np.float32(0.0), where=occ)
 
 
-def _compose(fr: _Frame, spec: SceneSpec, normal, alb, ndl, L, tex: _Tex):
-    """Lambertian colour in 0..255 units, haze, and sky; returns three (H, W) channels."""
+def _compose(fr: _Frame, spec: SceneSpec, normal, albedo, ndl, L, tex: _Tex):
+    """Lambertian colour in 0..255 units, haze, and sky, as a (3, H, W) array."""
     light = spec.light
-    col = []
-    hemi = None
-    if light.ground_ambient is not None:
-        hemi = normal[2] * 0.5 + 0.5
-    for c in range(3):
-        amb = 255.0 * float(light.ambient[c])
-        sun = 255.0 * float(light.color[c])
-        if hemi is not None:
-            g = 255.0 * float(light.ground_ambient[c])
-            shade = hemi * (amb - g) + g
-            shade += ndl * sun
-        else:
-            shade = ndl * sun
-            shade += amb
-        shade *= alb[c]
-        col.append(shade)
-    t = fr.t
-    dn = None
+    amb = 255.0 * np.asarray(light.ambient, np.float32)[:, None, None]
+    sun = 255.0 * np.asarray(light.color, np.float32)[:, None, None]
+    if light.ground_ambient is not None:  # hemisphere light: sky from above, ground bounce from below
+        g = 255.0 * np.asarray(light.ground_ambient, np.float32)[:, None, None]
+        shade = (normal[2] * 0.5 + 0.5) * (amb - g)
+        shade += g
+    else:
+        shade = np.broadcast_to(amb, albedo.shape)
+    col = ndl * sun
+    col += shade
+    col *= albedo
     if spec.fog_distance:
-        dn = np.sqrt(fr.dx * fr.dx + fr.dy * fr.dy + fr.dz * fr.dz)
+        dn = np.sqrt(np.einsum("ihw,ihw->hw", fr.d, fr.d))
         # Aerial haze by ray length; it also hides the cut where ground becomes invalid.
-        keep = np.exp(t * dn * np.float32(-1.0 / spec.fog_distance))
-        col = [(c - 255.0 * float(h)) * keep + 255.0 * float(h) for c, h in zip(col, spec.haze)]
+        keep = np.exp(fr.t * dn * np.float32(-1.0 / spec.fog_distance))
+        haze = 255.0 * np.asarray(spec.haze, np.float32)[:, None, None]
+        col -= haze
+        col *= keep
+        col += haze
     sky = fr.id < 0
-    rows = np.flatnonzero(sky.any(axis=1))
-    if rows.size:
-        sl = (slice(int(rows[0]), int(rows[-1]) + 1), slice(0, fr.W))
-        chans = _sky(fr, spec.sky, sl, L, tex)
-        m = sky[sl]
-        for c, s in zip(col, chans):
-            np.copyto(c[sl], s, where=m)
+    sl = _rows_of(sky, fr.W)
+    if sl is not None:
+        np.copyto(col[:, sl[0], sl[1]], _sky(fr, spec.sky, sl, L, tex), where=sky[sl])
     return col
 
 
@@ -889,8 +902,10 @@ def _sky(fr: _Frame, sk: Sky, sl, L, tex: _Tex):
     dx, dy, dz = fr.dx[sl], fr.dy[sl], fr.dz[sl]
     inv = 1.0 / np.sqrt(dx * dx + dy * dy + dz * dz)
     el = np.clip(dz * inv, 0.0, 1.0)  # sine of the elevation
-    w = np.sqrt(el)
-    chans = [w * (255.0 * (float(z) - float(h))) + 255.0 * float(h) for h, z in zip(sk.horizon, sk.zenith)]
+    hor = 255.0 * np.asarray(sk.horizon, np.float32)[:, None, None]
+    zen = 255.0 * np.asarray(sk.zenith, np.float32)[:, None, None]
+    rgb = np.sqrt(el) * (zen - hor)
+    rgb += hor
     if sk.sun_glow > 0.0:
         g = np.maximum((dx * float(L[0]) + dy * float(L[1]) + dz * float(L[2])) * inv, 0.0)
         g *= g
@@ -900,7 +915,7 @@ def _sky(fr: _Frame, sk: Sky, sl, L, tex: _Tex):
         g2 = g * g
         g2 *= g2          # cos^64: tight glow
         glow = (g * 0.35 + g2 * 0.65) * (255.0 * float(sk.sun_glow))
-        chans = [c + glow * s for c, s in zip(chans, (1.0, 0.9, 0.7))]
+        rgb += glow * np.asarray((1.0, 0.9, 0.7), np.float32)[:, None, None]
     if sk.clouds > 0.0:
         # Clouds on a plane at cloud_height: they shrink and thin out towards the horizon.
         tc = float(sk.cloud_height * sk.cloud_scale) / np.maximum(dz, 0.02)
@@ -910,8 +925,11 @@ def _sky(fr: _Frame, sk: Sky, sl, L, tex: _Tex):
         thr = 1.0 - float(sk.clouds)
         cover = np.clip((n - thr) * 4.0, 0.0, 1.0) * np.clip(el * 12.0, 0.0, 1.0)
         shade = np.clip((n - thr) * -0.66 + 1.0, 0.78, 1.0) * 255.0
-        chans = [(shade * float(w_) - c) * cover + c for c, w_ in zip(chans, (1.0, 0.99, 0.97))]
-    return chans
+        white = shade * np.asarray((1.0, 0.99, 0.97), np.float32)[:, None, None]
+        white -= rgb
+        white *= cover
+        rgb += white
+    return rgb
 
 
 def _photo_film(col, rng, H, W):
@@ -927,25 +945,24 @@ def _photo_film(col, rng, H, W):
     grain *= 255.0 * float(rng.uniform(0.004, 0.015))
     grain += 0.5  # rounding offset for the uint8 cast
     blur = rng.random() < 0.6
+    x = col * vig
+    # Soft shoulder instead of hard clipping: 1.6 x / (1 + 0.6 x), scaled to 0..255.
+    y = x * 408.0
+    x *= 0.6
+    x += 1.0
+    y /= x
+    y += grain
+    if H > 2 and W > 2 and blur:  # mild optical blur: separable [1, 2, 1] / 4
+        b = y * 0.5
+        b[:, :, 1:-1] += (y[:, :, :-2] + y[:, :, 2:]) * 0.25
+        b[:, :, 0] += y[:, :, 0] * 0.5
+        b[:, :, -1] += y[:, :, -1] * 0.5
+        y[:, 1:-1] = b[:, 1:-1] * 0.5
+        y[:, 1:-1] += (b[:, :-2] + b[:, 2:]) * 0.25
+        y[:, 0] = b[:, 0]
+        y[:, -1] = b[:, -1]
     out = np.empty((H, W, 3), np.float32)
-    for c in range(3):
-        x = col[c] * vig
-        # Soft shoulder instead of hard clipping: 1.6 x / (1 + 0.6 x), scaled to 0..255.
-        y = x * 408.0
-        y /= x * 0.6 + 1.0
-        y += grain
-        out[..., c] = y
-    if H > 2 and W > 2 and blur:  # mild optical blur: separable [1, 2, 1] / 4, on interleaved rows
-        flat = out.reshape(H, W * 3)
-        b = flat * 0.5
-        b[:, 3:-3] += (flat[:, :-6] + flat[:, 6:]) * 0.25
-        b[:, :3] += flat[:, :3] * 0.5
-        b[:, -3:] += flat[:, -3:] * 0.5
-        flat[1:-1] = b[1:-1] * 0.5
-        flat[1:-1] += (b[:-2] + b[2:]) * 0.25
-        flat[0] = b[0]
-        flat[-1] = b[-1]
-    np.clip(out, 0.0, 255.0, out=out)
+    np.clip(y.transpose(1, 2, 0), 0.0, 255.0, out=out)
     return out.astype(np.uint8)
 
 

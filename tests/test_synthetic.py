@@ -268,3 +268,108 @@ def test_bad_arguments():
         render_scene(0, 32, 32, style="cartoon")
     with pytest.raises(ValueError):
         render_scene(0, 0, 32)
+
+
+# --------------------------------------------------------------------------- the Ray job
+
+
+def test_config_parsing_and_validation():
+    from depthlib.cli import parse_config
+    from depthlib.synthetic_job import MakeSyntheticConfig
+
+    cfg = parse_config(MakeSyntheticConfig, ["--output", "/tmp/x", "--count", "5", "--size", "64x32",
+                                             "--seed", "2", "--style", "photo", "--format", "images",
+                                             "--scenes-per-task", "2", "--shard-target-mb", "8"])
+    assert (cfg.height, cfg.width, cfg.count, cfg.seed) == (64, 32, 5, 2)
+    assert cfg.image_format == "jpeg"  # photo default
+    assert cfg.num_tasks == 3 and list(cfg.task_range(2)) == [4]
+    assert MakeSyntheticConfig(output="x", count=1).image_format == "png"
+    for bad in ({"size": "64"}, {"size": "0x10"}, {"count": 0}, {"scenes_per_task": 0},
+                {"shard_target_mb": 0.0}, {"seed": -1}, {"jpeg_quality": 0}):
+        with pytest.raises(ValueError):
+            MakeSyntheticConfig(output="x", **bad)
+
+
+def _shard_rows(out):
+    from depthlib import shards, storage
+
+    paths = shards.list_shards(storage.join(out, "shards"))
+    return paths, [r for p in paths for r in shards.read_shard(p).to_pylist()]
+
+
+def test_job_writes_shards_that_decode_to_the_rendered_scenes_and_resumes(ray_session, tmp_path):
+    import os
+
+    from depthlib import shards, storage
+    from depthlib.synthetic_job import MakeSyntheticConfig, make_synthetic, scene_seed
+
+    out = str(tmp_path / "syn")
+    cfg = MakeSyntheticConfig(output=out, count=8, size="40x56", seed=3, format="shards",
+                              scenes_per_task=3, shard_target_mb=0.004)  # ~2 scenes per shard
+    first = make_synthetic(cfg, progress=False)
+    assert (first["tasks"], first["tasks_skipped"], first["scenes_rendered"]) == (3, 0, 8)
+    assert json.loads(storage.read_bytes(storage.join(out, "summary.json")))["count"] == 8
+    paths, rows = _shard_rows(out)
+    assert len(paths) >= 4 and all(os.path.basename(p).startswith("shard-t") for p in paths)
+    assert sorted(r["key"] for r in rows) == [f"{i:08d}" for i in range(8)]
+    for row in rows:
+        sample = shards.decode_sample(row)
+        scene = render_scene(scene_seed(3, int(sample.key)), 40, 56)
+        np.testing.assert_array_equal(sample.image, scene.image)  # PNG is lossless
+        np.testing.assert_array_equal(sample.valid, scene.valid)
+        v = scene.valid
+        np.testing.assert_allclose(sample.depth[v], scene.depth[v], rtol=1e-4)
+        assert (sample.depth[~v] == 0).all()
+        assert sample.depth_type == "metric_depth" and sample.kind == "synthetic"
+        assert sample.provenance["seed"] == scene_seed(3, int(sample.key))
+        assert sample.provenance["style"] == "synthetic"
+        assert sample.provenance["generator"] == "depthlib.synthetic"
+
+    # A crash in task 1 after its first shard: marker and later shard gone.
+    t1 = sorted(p for p in paths if "shard-t00001-" in p)
+    storage.delete(storage.join(out, "_tasks", "t00001.json"))
+    storage.delete(t1[-1])
+    others = {p: os.stat(storage.local_path(p)).st_mtime_ns for p in paths if p not in t1}
+    second = make_synthetic(cfg, progress=False)
+    assert (second["tasks_skipped"], second["scenes_rendered"]) == (2, 3)
+    paths2, rows2 = _shard_rows(out)
+    assert paths2 == paths
+    assert sorted(r["key"] for r in rows2) == [f"{i:08d}" for i in range(8)]  # no duplicates
+    assert {p: os.stat(storage.local_path(p)).st_mtime_ns for p in others} == others  # untouched
+
+    third = make_synthetic(cfg, progress=False)
+    assert (third["tasks_skipped"], third["scenes_rendered"]) == (3, 0)
+    with pytest.raises(ValueError, match="other settings"):
+        make_synthetic(MakeSyntheticConfig(output=out, count=9, size="40x56", seed=3, scenes_per_task=3),
+                       progress=False)
+
+
+def test_job_images_format_and_cli(ray_session, tmp_path):
+    from PIL import Image
+
+    from depthlib import storage
+    from depthlib.synthetic_job import scene_seed
+
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_script", Path(__file__).resolve().parents[1] / "ray_jobs" / "make_synthetic.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    out = str(tmp_path / "photos")
+    argv = ["--output", out, "--count", "8", "--size", "36x52", "--seed", "5", "--style", "photo",
+            "--format", "images", "--scenes-per-task", "4"]
+    summary = script.main(argv)
+    assert (summary["scenes_rendered"], summary["image_format"]) == (8, "jpeg")
+    objs = list(storage.list_objects(out))
+    images = [o for o in objs if o.key.startswith("images/")]
+    assert sorted(o.key for o in images) == [f"images/{i:08d}.jpg" for i in range(8)]
+    assert not any(o.key.startswith("shards/") for o in objs)  # images only: no labels
+    img = np.asarray(Image.open(storage.local_path(images[3].uri)).convert("RGB"))
+    ref = render_scene(scene_seed(5, 3), 36, 52, "photo").image
+    assert img.shape == ref.shape and np.abs(img.astype(int) - ref).mean() < 8  # JPEG of that scene
+    again = script.main(argv)
+    assert (again["tasks_skipped"], again["scenes_rendered"]) == (2, 0)
+    assert len([o for o in storage.list_objects(out) if o.key.startswith("images/")]) == 8
