@@ -21,7 +21,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never h
 MIN_SIDE = 14  # one ViT patch
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger headers are treated as decompression bombs
 
-SKIP_REASONS = ("empty", "not_an_image", "truncated", "too_small", "too_large", "unsupported_mode", "read_error")
+SKIP_REASONS = ("empty", "not_an_image", "truncated", "corrupt", "too_small", "too_large", "unsupported_mode",
+                "read_error")
 
 
 class ImageDecodeError(ValueError):
@@ -82,8 +83,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
         raise ImageDecodeError("not_an_image", "unrecognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
-        truncated = isinstance(e, EOFError) or any(t in msg.lower() for t in ("truncat", "broken data stream"))
-        reason = "truncated" if truncated else "not_an_image"
+        # The header was recognised, so the pixel data is short (truncated) or damaged (corrupt).
+        truncated = isinstance(e, EOFError) or "truncat" in msg.lower()
+        reason = "truncated" if truncated else "corrupt"
         raise ImageDecodeError(reason, msg) from None
     try:
         img = ImageOps.exif_transpose(img)

@@ -1,0 +1,172 @@
+"""The pseudo-labelling job: plan, pipeline, commit, summary.
+
+``run_pseudo_label(config)`` expects Ray to be initialised. It freezes the
+plan (``plan.py``), deletes leftovers of an interrupted run, streams the
+pending partitions through Ray Data (CPU decode tasks -> teacher actor pool
+-> shard-writing tasks), commits each partition when records cover all its
+keys, and writes ``summary.json``. Re-running with the same arguments
+resumes; a finished run re-run does nothing but rewrite the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import ray
+
+from depthlib import __version__, storage
+from depthlib.pseudo_label import plan as plan_mod
+from depthlib.pseudo_label.config import PseudoLabelConfig
+from depthlib.pseudo_label.stages import DecodePartition, LabelActor, WritePieces
+
+MAX_ROUNDS = 3  # a partition whose pieces conflict (a retried task regrouped rows) is redone, at most this often
+
+
+@dataclass
+class _PartitionProgress:
+    expected: set[str]
+    covered: set[str] = field(default_factory=set)
+    files: set[str] = field(default_factory=set)
+    n_labels: int = 0
+    errors: list[dict] = field(default_factory=list)
+    label_bytes: int = 0
+    conflict: bool = False
+
+
+def _actor_resources(config: PseudoLabelConfig) -> tuple[float, float, int]:
+    """(gpus, cpus, torch threads) per labelling actor."""
+    resources = ray.cluster_resources()
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    cpus = config.cpus_per_actor
+    if cpus is None:
+        # A CPU actor gets every core but one of its node (left for decoding); a GPU actor needs one.
+        cpus = 1.0 if gpus > 0 else max(1.0, node_cpus - 1)
+    threads = max(1, int(cpus)) if gpus == 0 else 1
+    return gpus, cpus, threads
+
+
+def _build_dataset(config: PseudoLabelConfig, partitions: list[tuple[int, list[str]]], sample_every: int):
+    gpus, cpus, threads = _actor_resources(config)
+    # Workers do not see the driver's environment: resolve S3 settings here and ship them.
+    s3 = storage.S3Config.from_env() if any(storage.is_s3(u) for u in (
+        config.input, config.output, config.checkpoint, config.manifest or "")) else None
+    items = [{"pid": pid, "keys": keys} for pid, keys in partitions]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(DecodePartition(config.input, config.input_size, config.max_pixels, config.batch_size, s3),
+                        batch_size=1, batch_format="numpy", num_cpus=1)
+    ds = ds.map_batches(
+        LabelActor,
+        fn_constructor_kwargs=dict(checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric,
+                                   max_depth=config.max_depth, dtype=config.dtype, batch_size=config.batch_size,
+                                   num_threads=threads, s3=s3),
+        compute=ray.data.ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
+        batch_size=None, batch_format="numpy", zero_copy_batch=True, num_gpus=gpus, num_cpus=cpus)
+    provenance = {"teacher": config.teacher_id, "checkpoint": storage.redact(config.checkpoint),
+                  "encoder": config.encoder, "input_size": config.input_size, "dtype": config.dtype,
+                  "depthlib": __version__}
+    writer = WritePieces(config.output, provenance, "metric_depth" if config.metric else "disparity",
+                         sample_every, s3)
+    return ds.map_batches(writer, batch_size=None, batch_format="numpy", num_cpus=0.5)
+
+
+def _absorb(progress: _PartitionProgress, rec: dict, output: str) -> None:
+    """Add one piece record to its partition's progress, dropping exact duplicates from retried tasks."""
+    keys = set(json.loads(rec["keys"]))
+    overlap = keys & progress.covered
+    if overlap:
+        if rec["file"] and rec["file"] in progress.files:
+            return  # the same piece written twice under the same name: one file, nothing to add
+        if overlap == keys:
+            if rec["file"]:  # a complete duplicate under another name: remove the extra file
+                storage.delete(storage.join(plan_mod.labels_dir(output), rec["file"]))
+            return
+        progress.conflict = True
+    progress.covered |= keys
+    if rec["file"]:
+        progress.files.add(rec["file"])
+    progress.n_labels += int(rec["n_labels"])
+    progress.errors.extend(json.loads(rec["errors"]))
+    progress.label_bytes += int(rec["label_bytes"])
+
+
+def _discard(output: str, pid: int, progress: _PartitionProgress) -> None:
+    for f in progress.files:
+        storage.delete(storage.join(plan_mod.labels_dir(output), f))
+
+
+def run_pseudo_label(config: PseudoLabelConfig, log=print) -> dict:
+    t0 = time.time()
+    out = config.output
+    meta_exists = storage.exists(storage.join(out, "_plan", "meta.json"))
+    keys = None if meta_exists else (o.key for o in storage.iter_input_keys(config.input, config.manifest))
+    plan = plan_mod.create_or_load_plan(out, keys, config.plan_fingerprint(), config.partition_size, config.limit)
+    done = plan_mod.load_done(out)
+    removed = plan_mod.remove_uncommitted(out, done)
+    pending = [pid for pid in range(len(plan.partitions)) if pid not in done]
+    log(f"[pseudo-label] {plan.n_keys} keys in {len(plan.partitions)} partitions; "
+        f"{len(done)} already done, {len(pending)} to label; {removed} uncommitted files removed")
+    sample_every = max(1, plan.n_keys // max(1, config.samples)) if config.samples else 2**32
+
+    labelled_now = 0
+    t_pipeline = time.time()
+    for round_ in range(MAX_ROUNDS):
+        if not pending:
+            break
+        progress = {pid: _PartitionProgress(set(plan.partitions[pid])) for pid in pending}
+        ds = _build_dataset(config, [(pid, plan.partitions[pid]) for pid in pending], sample_every)
+        committed = 0
+        for rec in ds.iter_rows():
+            pid = int(rec["pid"])
+            p = progress[pid]
+            _absorb(p, rec, out)
+            if not p.conflict and p.covered == p.expected:
+                done[pid] = plan_mod.commit_partition(
+                    out, pid, sorted(p.files), p.n_labels, p.errors,
+                    {"label_bytes": p.label_bytes, "committed_at": time.time()})
+                labelled_now += p.n_labels
+                committed += 1
+                del progress[pid]
+                if committed % max(1, len(pending) // 20) == 0:
+                    log(f"[pseudo-label] committed {len(done)}/{len(plan.partitions)} partitions "
+                        f"({time.time() - t_pipeline:.0f}s)")
+        for pid, p in progress.items():  # conflicting or incomplete: redo from scratch
+            _discard(out, pid, p)
+        pending = sorted(progress)
+        if pending:
+            log(f"[pseudo-label] round {round_ + 1}: {len(pending)} partitions to redo")
+    if pending:
+        raise RuntimeError(f"partitions {pending[:10]} could not be committed after {MAX_ROUNDS} rounds")
+
+    wall = time.time() - t0
+    reasons: Counter = Counter()
+    for rec in done.values():
+        reasons.update(rec["skipped_by_reason"])
+    summary = {
+        "input": storage.redact(config.input), "output": storage.redact(out), "teacher": config.teacher_id,
+        "encoder": config.encoder, "images_seen": plan.n_keys,
+        "labelled": sum(r["n_labels"] for r in done.values()),
+        "skipped": sum(r["n_errors"] for r in done.values()), "skipped_by_reason": dict(sorted(reasons.items())),
+        "label_bytes": sum(r.get("label_bytes", 0) for r in done.values()),
+        "this_run": {"labelled": labelled_now, "wall_s": round(wall, 3),
+                     "images_per_s": round(labelled_now / max(time.time() - t_pipeline, 1e-9), 3),
+                     "partitions_resumed": len(plan.partitions) - len([1 for r in done.values()
+                                                                        if r.get("committed_at", 0) >= t0])},
+        "partitions": len(plan.partitions), "config": json.loads(_config_json(config)),
+    }
+    storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
+    log(f"[pseudo-label] done: {summary['labelled']} labelled, {summary['skipped']} skipped "
+        f"{summary['skipped_by_reason']}, {labelled_now} this run in {wall:.1f}s "
+        f"({summary['this_run']['images_per_s']} img/s)")
+    return summary
+
+
+def _config_json(config: PseudoLabelConfig) -> str:
+    from depthlib.cli import config_to_json
+
+    return storage.redact(config_to_json(config))

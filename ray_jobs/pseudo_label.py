@@ -1,0 +1,36 @@
+"""Pseudo-label every image under a prefix with a teacher model (Ray Data).
+
+    python ray_jobs/pseudo_label.py --input s3://bucket/images --output s3://bucket/labels-v1 \
+        --checkpoint s3://bucket/ckpt/depth_anything_v2_vitl.pth --encoder vitl \
+        --min-actors 8 --max-actors 8 --batch-size 32
+
+or through ``ray job submit --working-dir . -- python ray_jobs/pseudo_label.py ...``.
+Re-run with the same arguments to resume after any interruption. Outputs:
+``labels/`` (shards), ``errors/`` (skipped keys with reasons), ``samples/``
+(pictures) and ``summary.json``. See ``depthlib/pseudo_label/plan.py`` for how
+exactly-once output is kept.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
+
+from depthlib.cli import parse_config  # noqa: E402
+from depthlib.pseudo_label.config import PseudoLabelConfig  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    config = parse_config(PseudoLabelConfig, argv)
+    import ray
+
+    from depthlib.pseudo_label.job import run_pseudo_label
+
+    ray.init()  # joins RAY_ADDRESS (set by `ray job submit`) or starts a local cluster
+    return run_pseudo_label(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The pseudo-labelling job end to end, on a local directory and a real S3 server.
+
+The input bucket holds good images of several sizes and modes and every kind
+of bad input the job must survive; a tiny teacher keeps it fast. Checked:
+exact counts in labels/ and errors/, labels equal to calling the model
+directly, and a run killed part-way then resumed gives every key once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import torch
+from PIL import Image
+
+from depthlib import shards, storage
+from depthlib.images import decode_image
+from depthlib.inference import run_batch
+from depthlib.models import build_model, export_released, load_released
+from depthlib.pseudo_label import DecodePartition, PseudoLabelConfig, run_pseudo_label
+from depthlib.pseudo_label import plan as plan_mod
+from depthlib.transforms import preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+INPUT_SIZE = 70  # 5 patches: keeps the tiny teacher fast
+
+
+def _enc(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _photo(h: int, w: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * (2 + c) + y * (3 - c) + rng.integers(0, 255)) % 256 for c in range(3)], -1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8))
+
+
+def _corrupt_png() -> bytes:
+    """A PNG whose compressed pixel data is overwritten: the header reads, the pixels do not."""
+    data = bytearray(_enc(_photo(64, 64, 11), "PNG"))
+    start = data.index(b"IDAT") + 40
+    data[start:start + 200] = bytes(200)
+    return bytes(data)
+
+
+def make_bucket() -> tuple[dict[str, bytes], dict[str, str]]:
+    """(objects by key, expected skip reason by key for the bad ones)."""
+    good = {
+        "rgb/a.jpg": _enc(_photo(60, 80, 1), "JPEG"),
+        "rgb/b.png": _enc(_photo(100, 50, 2), "PNG"),
+        "rgb/c.jpg": _enc(_photo(60, 80, 3), "JPEG"),  # same shape as a.jpg: batched together
+        "modes/gray.png": _enc(_photo(64, 64, 4).convert("L"), "PNG"),
+        "modes/palette.png": _enc(_photo(50, 90, 5).convert("P"), "PNG"),
+        "modes/rgba.png": _enc(_photo(48, 48, 6).convert("RGBA"), "PNG"),
+        "modes/gray16.png": _enc(Image.fromarray((np.arange(56 * 70).reshape(56, 70) * 13).astype(np.uint16)), "PNG"),
+        "modes/cmyk.jpg": _enc(_photo(40, 40, 7).convert("CMYK"), "JPEG"),
+    }
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: a 40x90 (w x h) file is a 90x40 picture
+    good["modes/exif_rotated.jpg"] = _enc(_photo(40, 90, 8), "JPEG", exif=exif)
+    bomb = _enc(Image.new("L", (12000, 12000)), "PNG")
+    bad = {
+        "bad/zero.jpg": (b"", "empty"),
+        "bad/text.jpg": (b"this is not an image\n" * 20, "not_an_image"),
+        "bad/truncated.png": (_enc(_photo(80, 80, 9), "PNG")[:400], "truncated"),
+        "bad/corrupt.png": (_corrupt_png(), "corrupt"),
+        "bad/truncated.jpg": (_enc(_photo(80, 80, 12), "JPEG")[:-300], "truncated"),
+        "bad/garbage_after_jpeg_marker.jpg": (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 2, "not_an_image"),
+        "bad/tiny.png": (_enc(_photo(10, 10, 10), "PNG"), "too_small"),
+        "bad/bomb.png": (bomb, "too_large"),
+    }
+    objects = dict(good)
+    objects.update({k: v for k, (v, _) in bad.items()})
+    return objects, {k: r for k, (_, r) in bad.items()}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "tiny.pth"
+    export_released(build_model("tiny"), path)
+    return str(path)
+
+
+def _upload(root: str, objects: dict[str, bytes]) -> str:
+    input_uri = storage.join(root, "images")
+    for k, v in objects.items():
+        storage.write_bytes(storage.join(input_uri, k), v)
+    return input_uri
+
+
+def _config(input_uri, output, teacher, **kw) -> PseudoLabelConfig:
+    base = dict(input=input_uri, output=output, checkpoint=teacher, encoder="tiny", input_size=INPUT_SIZE,
+                batch_size=4, partition_size=3, max_pixels=50_000_000, samples=4)
+    base.update(kw)
+    return PseudoLabelConfig(**base)
+
+
+def _dataset(uri: str, s3cfg):
+    fs, path = storage.filesystem(uri, s3cfg)
+    return pads.dataset(path, filesystem=fs, format="parquet")
+
+
+def test_decode_partition_reports_reasons_without_ray(tmp_path):
+    objects, bad = make_bucket()
+    input_uri = _upload(str(tmp_path), objects)
+    keys = sorted(objects) + ["missing/never-written.jpg"]
+    stage = DecodePartition(input_uri, INPUT_SIZE, max_pixels=50_000_000, group_rows=4)
+    batches = list(stage({"pid": np.array([0]), "keys": np.array([np.array(keys, dtype=object)], dtype=object)}))
+    rows = {k: (e, h, w) for b in batches for k, e, h, w in zip(b["key"], b["error"], b["in_h"], b["in_w"])}
+    assert set(rows) == set(keys)
+    for k, reason in bad.items():
+        assert rows[k][0] == reason, (k, rows[k])
+    assert rows["missing/never-written.jpg"][0] == "read_error"
+    for k in objects:
+        if k not in bad:
+            assert rows[k][0] == "" and rows[k][1] % 14 == 0 and min(rows[k][1], rows[k][2]) == INPUT_SIZE
+    # EXIF orientation applied: the rotated picture is taller than wide.
+    assert rows["modes/exif_rotated.jpg"][1] > rows["modes/exif_rotated.jpg"][2]
+    # every batch holds one input shape
+    for b in batches:
+        assert len({(h, w) for h, w in zip(b["in_h"], b["in_w"])}) == 1
+
+
+def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
+    root, s3cfg = storage_root.uri, storage_root.s3
+    objects, bad = make_bucket()
+    input_uri = _upload(root, objects)
+    output = storage.join(root, "out")
+    summary = run_pseudo_label(_config(input_uri, output, teacher))
+
+    n_good = len(objects) - len(bad)
+    assert summary["images_seen"] == len(objects)
+    assert summary["labelled"] == n_good and summary["skipped"] == len(bad)
+    assert summary["skipped_by_reason"] == {r: list(bad.values()).count(r) for r in set(bad.values())}
+
+    labels = _dataset(plan_mod.labels_dir(output), s3cfg).to_table()
+    errors = _dataset(plan_mod.errors_dir(output), s3cfg).to_table()
+    assert sorted(labels.column("key").to_pylist()) == sorted(k for k in objects if k not in bad)
+    assert dict(zip(errors.column("key").to_pylist(), errors.column("reason").to_pylist())) == bad
+    assert json.loads(storage.read_bytes(storage.join(output, "summary.json")))["labelled"] == n_good
+    assert any(True for _ in storage.list_objects(storage.join(output, "samples"), suffixes=(".png",)))
+
+    # Labels equal the model called directly on the same image, within the shard precision.
+    model = load_released(teacher, "tiny")
+    for row in labels.to_pylist():
+        sample = shards.decode_sample(row)
+        assert row["image"] == objects[row["key"]]  # source bytes travel unchanged
+        x = preprocess(decode_image(objects[row["key"]]), INPUT_SIZE)[None]
+        direct = run_batch(model, x, "fp32")[0].numpy()
+        assert sample.depth.shape == direct.shape == (row["height"], row["width"])
+        np.testing.assert_allclose(sample.depth, direct, rtol=2e-4, atol=1e-6)
+        assert sample.depth_type == "disparity" and sample.kind == "pseudo"
+        assert sample.provenance["teacher"] == "tiny.pth"
+
+    # A second run finds everything done and labels nothing again.
+    again = run_pseudo_label(_config(input_uri, output, teacher))
+    assert again["this_run"]["labelled"] == 0 and again["labelled"] == n_good
+    assert _dataset(plan_mod.labels_dir(output), s3cfg).count_rows() == n_good
+
+
+def test_changed_settings_refuse_to_mix_runs(ray_session, tmp_path, teacher):
+    objects, _ = make_bucket()
+    input_uri = _upload(str(tmp_path), dict(list(objects.items())[:3]))
+    out = str(tmp_path / "out")
+    run_pseudo_label(_config(input_uri, out, teacher))
+    with pytest.raises(ValueError, match="other settings"):
+        run_pseudo_label(_config(input_uri, out, teacher, partition_size=7))
+
+
+def test_killed_run_resumes_without_duplicates(ray_session, tmp_path, teacher):
+    """Kill the driver (SIGKILL) once some partitions are committed, then resume."""
+    rng = np.random.default_rng(0)
+    objects = {f"img/{i:03d}.png": _enc(_photo(int(rng.integers(40, 90)), int(rng.integers(40, 90)), i), "PNG")
+               for i in range(40)}
+    objects["img/zz_bad.jpg"] = b"garbage"
+    input_uri = _upload(str(tmp_path), objects)
+    out = str(tmp_path / "out")
+    args = ["--input", input_uri, "--output", out, "--checkpoint", teacher, "--encoder", "tiny",
+            "--input-size", str(INPUT_SIZE), "--batch-size", "2", "--partition-size", "2", "--samples", "0"]
+    import ray
+
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "ray_jobs/pseudo_label.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    done_dir = Path(out) / "_done"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.glob("*.json"))) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: json.loads(p.read_text()) for p in done_dir.glob("*.json")}
+    assert 3 <= len(before) < 21
+
+    summary = run_pseudo_label(PseudoLabelConfig(
+        input=input_uri, output=out, checkpoint=teacher, encoder="tiny", input_size=INPUT_SIZE,
+        batch_size=2, partition_size=2, samples=0))
+    after = {p.name: json.loads(p.read_text()) for p in done_dir.glob("*.json")}
+    assert len(after) == 21
+    for name, rec in before.items():  # finished work was kept, not redone
+        assert after[name] == rec
+    keys = pads.dataset(str(Path(out) / "labels"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 40
+    assert summary["labelled"] == 40 and summary["skipped_by_reason"] == {"not_an_image": 1}
+    assert summary["this_run"]["labelled"] == 40 - sum(r["n_labels"] for r in before.values())
+
+
+def test_uncommitted_files_are_removed_on_resume(ray_session, tmp_path, teacher):
+    objects, _ = make_bucket()
+    small = {k: objects[k] for k in ("rgb/a.jpg", "rgb/b.png", "bad/tiny.png", "bad/zero.jpg")}
+    input_uri = _upload(str(tmp_path), small)
+    out = str(tmp_path / "out")
+    # A leftover piece of partition 0 from an interrupted run, never committed.
+    stale = storage.join(plan_mod.labels_dir(out), plan_mod.piece_name(0, "deadbeef"))
+    storage.write_bytes(stale, b"half a file")
+    run_pseudo_label(_config(input_uri, out, teacher, partition_size=2))
+    assert not storage.exists(stale)
+    keys = pads.dataset(str(Path(out) / "labels"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
+    errs = pads.dataset(str(Path(out) / "errors"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
+    assert sorted(keys + errs) == sorted(small)
