@@ -163,6 +163,14 @@ class S3Config:
                    secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
                    session_token=get("AWS_SESSION_TOKEN"))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickling (e.g. in a Ray worker) skips __post_init__; redact() must
+        # still learn the secrets there.
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        for value in (self.access_key_id, self.secret_access_key, self.session_token):
+            _remember_secret(value)
+
     def public_dict(self) -> dict[str, Any]:
         """The config with secrets replaced, safe to log or write next to a run."""
         return {"endpoint_url": self.endpoint_url, "region": self.region,

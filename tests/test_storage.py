@@ -59,6 +59,18 @@ def test_s3config_from_env_and_repr_hide_secrets():
         S3Config(endpoint_url="localhost:9000")
 
 
+def test_unpickled_config_teaches_redact_its_secrets(monkeypatch):
+    import pickle
+
+    cfg = S3Config(endpoint_url="http://h:1", access_key_id="AKIAPICKLED000001",
+                   secret_access_key="pickled-secret-value-5")
+    data = pickle.dumps(cfg)
+    monkeypatch.setattr(storage, "_known_secrets", set())  # as in a fresh worker process
+    assert "pickled-secret-value-5" in storage.redact("x pickled-secret-value-5")
+    assert pickle.loads(data) == cfg
+    assert storage.redact("x pickled-secret-value-5") == "x ***"
+
+
 def test_split_into_partitions_is_deterministic_and_lazy():
     parts = list(storage.split_into_partitions(range(10), 4))
     assert parts == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
