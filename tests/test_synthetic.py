@@ -89,6 +89,24 @@ def test_variety_across_seeds():
     assert min(dists) < 2.0 and max(dists) > 30.0
 
 
+@pytest.mark.parametrize("style", ["synthetic", "photo"])
+def test_camera_is_outside_every_primitive(style):
+    for seed in range(150):
+        spec = sample_scene(seed, 32, 32, style)
+        o = np.asarray(spec.camera.camera_to_world)[:3, 3]
+        for p in spec.objects:
+            q = (np.asarray(p.rotation).T @ (o - np.asarray(p.center))) / np.asarray(p.size)
+            inside = {"sphere": q @ q <= 1.0, "box": np.abs(q).max() <= 1.0,
+                      "cylinder": q[0] ** 2 + q[1] ** 2 <= 1.0 and abs(q[2]) <= 1.0}[p.shape]
+            assert not inside, (seed, p)
+        if spec.room is not None:
+            R = np.array([[math.cos(math.radians(spec.room.yaw_deg)), -math.sin(math.radians(spec.room.yaw_deg)), 0],
+                          [math.sin(math.radians(spec.room.yaw_deg)), math.cos(math.radians(spec.room.yaw_deg)), 0],
+                          [0, 0, 1]])
+            q = (R.T @ (o - np.asarray(spec.room.center))) / np.asarray(spec.room.size)
+            assert np.abs(q).max() < 1.0, seed  # inside the room
+
+
 def test_photo_style_differs_from_synthetic():
     def stats(style):
         imgs = np.stack([render_scene(seed, 64, 64, style).image for seed in range(12)]).astype(np.float32)
