@@ -398,12 +398,15 @@ class Sample:
 
 
 def decode_sample(row: Mapping[str, Any]) -> Sample:
-    """Decode one row (a dict, e.g. from ``table.to_pylist()`` or Ray Data)."""
-    from PIL import Image
+    """Decode one row (a dict, e.g. from ``table.to_pylist()`` or Ray Data).
+
+    The image is decoded as the labeller saw it (``depthlib.images``: EXIF
+    orientation applied, any mode to RGB), so it lines up with the label.
+    """
+    from depthlib.images import decode_image
 
     height, width = int(row["height"]), int(row["width"])
-    with Image.open(io.BytesIO(bytes(row["image"]))) as im:
-        image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    image = decode_image(bytes(row["image"]))
     depth = decode_depth(bytes(row["depth"]), float(row["depth_lo"]), float(row["depth_hi"]),
                          height, width)
     valid_data = row.get("valid")

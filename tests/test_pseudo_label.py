@@ -159,6 +159,7 @@ def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
     for row in labels.to_pylist():
         sample = shards.decode_sample(row)
         assert row["image"] == objects[row["key"]]  # source bytes travel unchanged
+        assert sample.image.shape[:2] == (row["image_height"], row["image_width"])  # EXIF-rotated size
         x = preprocess(decode_image(objects[row["key"]]), INPUT_SIZE)[None]
         direct = run_batch(model, x, "fp32")[0].numpy()
         assert sample.depth.shape == direct.shape == (row["height"], row["width"])

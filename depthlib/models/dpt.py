@@ -72,6 +72,11 @@ class DPTHead(nn.Module):
             nn.Conv2d(32, 1, 1),
             nn.Sigmoid() if metric else nn.ReLU(True),
         )
+        if not metric:
+            # With PyTorch's default init the final ReLU is all zero for some
+            # seeds, so training from scratch never gets a gradient; start it
+            # clearly positive. Loaded checkpoints overwrite this.
+            nn.init.constant_(self.scratch.output_conv2[2].bias, 1.0)
 
     def forward(self, features: list[torch.Tensor], grid_h: int, grid_w: int) -> torch.Tensor:
         maps = []

@@ -22,6 +22,7 @@ from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.config import PseudoLabelConfig
 from depthlib.pseudo_label.stages import DecodePartition, LabelActor, WritePieces
 
+DECODE_TASK_MEMORY = 512 * 2**20
 MAX_ROUNDS = 3  # a partition whose pieces conflict (a retried task regrouped rows) is redone, at most this often
 
 
@@ -37,7 +38,7 @@ class _PartitionProgress:
 
 
 def _actor_resources(config: PseudoLabelConfig) -> tuple[float, float, int]:
-    """(gpus, cpus, torch threads) per labelling actor."""
+    """(gpus, cpus, torch threads) per labelling actor; threads 0 means all cores of the actor's node."""
     resources = ray.cluster_resources()
     gpus = config.gpus_per_actor
     if gpus is None:
@@ -47,7 +48,9 @@ def _actor_resources(config: PseudoLabelConfig) -> tuple[float, float, int]:
     if cpus is None:
         # A CPU actor gets every core but one of its node (left for decoding); a GPU actor needs one.
         cpus = 1.0 if gpus > 0 else max(1.0, node_cpus - 1)
-    threads = max(1, int(cpus)) if gpus == 0 else 1
+    # A CPU actor runs torch on every core of its node (decoding is a few percent
+    # of the work); a GPU actor only stages batches, and Ray's 1 thread is enough.
+    threads = 0 if gpus == 0 else 1
     return gpus, cpus, threads
 
 
@@ -58,8 +61,12 @@ def _build_dataset(config: PseudoLabelConfig, partitions: list[tuple[int, list[s
         config.input, config.output, config.checkpoint, config.manifest or "")) else None
     items = [{"pid": pid, "keys": keys} for pid, keys in partitions]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # The memory hint reserves room for a partition's decoded float32 groups, and
+    # (since fused operators need identical remote args) keeps Ray Data from
+    # fusing decoding into the labelling actor, where it would run serially
+    # with inference instead of on separate CPU tasks.
     ds = ds.map_batches(DecodePartition(config.input, config.input_size, config.max_pixels, config.batch_size, s3),
-                        batch_size=1, batch_format="numpy", num_cpus=1)
+                        batch_size=1, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
     ds = ds.map_batches(
         LabelActor,
         fn_constructor_kwargs=dict(checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric,

@@ -155,8 +155,8 @@ class LabelActor:
         from depthlib.models import load_released
 
         storage.set_default_s3(s3)
-        if num_threads:
-            torch.set_num_threads(num_threads)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.device = default_device()
         self.model = load_released(checkpoint, encoder, metric=metric, max_depth=max_depth).to(self.device).eval()
         self.dtype = dtype
@@ -271,6 +271,3 @@ class WritePieces:
         return {k: np.asarray(v, dtype=np.int64 if k in ("pid", "n_labels", "label_bytes") else object)
                 for k, v in records.items()}
 
-
-def default_actor_threads() -> int:
-    return max(1, (os.cpu_count() or 2))
