@@ -2,8 +2,9 @@
 
 The teacher of Depth Anything V2 is trained only on synthetic images whose
 depth is exact; this module makes such images on a CPU, with no assets and no
-I/O, fast enough (well over 50 scenes per second per core at 256x256) that a
-Ray job can fill a bucket with them on a plain CPU cluster.
+I/O, fast enough (about 70-100 scenes per second per core at 256x256, see
+``benchmarks/synthetic.py``) that a Ray job can fill a bucket with them on a
+plain CPU cluster.
 
 Usage::
 
