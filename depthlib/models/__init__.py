@@ -1,11 +1,23 @@
 """Depth Anything V2 models: build, load released weights, export.
 
 >>> from depthlib.models import build_model, load_released, export_released
+
+Names are imported on first use, so ``depthlib.models.specs`` (the size
+table) loads without torch and timm in workers that only need sizes.
 """
 
-from depthlib.models.checkpoints import export_released, load_released, load_state_dict_file, load_state_strict
-from depthlib.models.depth_anything import DepthAnythingV2, build_model
-from depthlib.models.encoders import MODEL_SPECS, PATCH_SIZE, get_spec
+from importlib import import_module
 
-__all__ = ["DepthAnythingV2", "MODEL_SPECS", "PATCH_SIZE", "build_model", "export_released", "get_spec",
-           "load_released", "load_state_dict_file", "load_state_strict"]
+_EXPORTS = {
+    "DepthAnythingV2": "depth_anything", "build_model": "depth_anything",
+    "export_released": "checkpoints", "load_released": "checkpoints",
+    "load_state_dict_file": "checkpoints", "load_state_strict": "checkpoints",
+    "MODEL_SPECS": "specs", "PATCH_SIZE": "specs", "get_spec": "specs",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f"depthlib.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'depthlib.models' has no attribute {name!r}")

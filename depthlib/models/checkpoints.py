@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from depthlib.models.depth_anything import DepthAnythingV2, build_model
-from depthlib.models.encoders import MODEL_SPECS, get_spec
+from depthlib.models.specs import MODEL_SPECS, get_spec
 
 _RELEASED_TO_OURS = [(re.compile(r"^(pretrained\.blocks\.\d+\.mlp)\.w12\."), r"\1.fc1."),
                      (re.compile(r"^(pretrained\.blocks\.\d+\.mlp)\.w3\."), r"\1.fc2.")]

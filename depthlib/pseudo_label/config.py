@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from depthlib.models.encoders import MODEL_SPECS
+from depthlib.models.specs import MODEL_SPECS
 
 
 @dataclass(kw_only=True)

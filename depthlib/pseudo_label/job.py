@@ -22,7 +22,7 @@ from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.config import PseudoLabelConfig
 from depthlib.pseudo_label.stages import DecodePartition, LabelActor, WritePieces
 
-DECODE_TASK_MEMORY = 512 * 2**20
+DECODE_TASK_MEMORY = 1024 * 2**20
 MAX_ROUNDS = 3  # a partition whose pieces conflict (a retried task regrouped rows) is redone, at most this often
 
 
@@ -82,6 +82,14 @@ def _build_dataset(config: PseudoLabelConfig, partitions: list[tuple[int, list[s
     return ds.map_batches(writer, batch_size=None, batch_format="numpy", num_cpus=0.5)
 
 
+def _records(ds):
+    """Piece records as they are produced. Without prefetching, so a partition is
+    committed as soon as its last piece is written, not one block later."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for i in range(len(batch["pid"])):
+            yield {k: v[i] for k, v in batch.items()}
+
+
 def _absorb(progress: _PartitionProgress, rec: dict, output: str) -> None:
     """Add one piece record to its partition's progress, dropping exact duplicates from retried tasks."""
     keys = set(json.loads(rec["keys"]))
@@ -128,7 +136,7 @@ def run_pseudo_label(config: PseudoLabelConfig, log=print) -> dict:
         progress = {pid: _PartitionProgress(set(plan.partitions[pid])) for pid in pending}
         ds = _build_dataset(config, [(pid, plan.partitions[pid]) for pid in pending], sample_every)
         committed = 0
-        for rec in ds.iter_rows():
+        for rec in _records(ds):
             pid = int(rec["pid"])
             p = progress[pid]
             _absorb(p, rec, out)
