@@ -235,3 +235,63 @@ def test_uncommitted_files_are_removed_on_resume(ray_session, tmp_path, teacher)
     keys = pads.dataset(str(Path(out) / "labels"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
     errs = pads.dataset(str(Path(out) / "errors"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
     assert sorted(keys + errs) == sorted(small)
+
+
+def test_retried_pieces_are_deduplicated_or_flagged(tmp_path):
+    """Records from retried writer tasks: the same file twice is ignored, a full
+    duplicate under another name is deleted, a partial overlap marks a conflict."""
+    from depthlib.pseudo_label.job import _absorb, _PartitionProgress
+
+    out = str(tmp_path)
+
+    def rec(keys, file, errors=()):
+        return {"pid": 0, "file": file, "n_labels": len(keys) - len(errors), "keys": json.dumps(sorted(keys)),
+                "errors": json.dumps(list(errors)), "label_bytes": 10}
+
+    for name in ("p000000-aaaa.parquet", "p000000-bbbb.parquet"):
+        storage.write_bytes(storage.join(plan_mod.labels_dir(out), name), b"x")
+    p = _PartitionProgress({"a", "b", "c"})
+    _absorb(p, rec({"a", "b"}, "p000000-aaaa.parquet"), out)
+    _absorb(p, rec({"a", "b"}, "p000000-aaaa.parquet"), out)  # same piece reported twice
+    assert p.n_labels == 2 and p.files == {"p000000-aaaa.parquet"}
+    _absorb(p, rec({"a", "b"}, "p000000-bbbb.parquet"), out)  # same keys, other grouping
+    assert p.n_labels == 2 and not storage.exists(storage.join(plan_mod.labels_dir(out), "p000000-bbbb.parquet"))
+    _absorb(p, rec({"c"}, "", errors=[{"key": "c", "reason": "empty", "detail": ""}]), out)
+    assert p.covered == p.expected and not p.conflict and len(p.errors) == 1
+    q = _PartitionProgress({"a", "b", "c"})
+    _absorb(q, rec({"a", "b"}, "p000000-aaaa.parquet"), out)
+    _absorb(q, rec({"b", "c"}, "p000000-cccc.parquet"), out)
+    assert q.conflict
+
+
+def test_killed_actor_is_replaced_and_nothing_is_lost(ray_session, tmp_path, teacher):
+    """SIGKILL the labelling actor's process mid-run: Ray restarts it, the job finishes exactly once."""
+    import threading
+
+    import psutil
+
+    rng = np.random.default_rng(1)
+    objects = {f"img/{i:03d}.png": _enc(_photo(int(rng.integers(40, 90)), int(rng.integers(40, 90)), i), "PNG")
+               for i in range(30)}
+    input_uri = _upload(str(tmp_path), objects)
+    out = str(tmp_path / "out")
+    killed = []
+
+    def kill_actor_once():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if len(list((Path(out) / "_done").glob("*.json"))) >= 2:
+                for proc in psutil.process_iter(["cmdline"]):
+                    if any("LabelActor" in part for part in (proc.info["cmdline"] or [])):
+                        proc.kill()
+                        killed.append(proc.pid)
+                        return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=kill_actor_once, daemon=True)
+    t.start()
+    summary = run_pseudo_label(_config(input_uri, out, teacher, partition_size=2, batch_size=2, samples=0))
+    t.join()
+    assert killed, "the labelling actor was never found"
+    keys = pads.dataset(str(Path(out) / "labels"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 30 and summary["labelled"] == 30
