@@ -120,3 +120,19 @@ def test_preprocess_and_predict_sizes():
     out = predict(build_model("tiny").eval(), img, input_size=70)
     assert out.shape == (60, 90) and out.dtype == np.float32
     assert resize_prediction(torch.ones(2, 5, 5), (7, 9)).shape == (2, 7, 9)
+
+
+def test_checkpoint_roundtrip_through_storage(storage_root):
+    """Export to and load from a local directory and a real S3 bucket alike."""
+    from depthlib import storage
+
+    torch.manual_seed(2)
+    m = build_model("tiny").eval()
+    uri = storage.join(storage_root.uri, "ckpt", "tiny.pth")
+    export_released(m, uri)
+    loaded = load_released(uri, "tiny")
+    x = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), m(x))
+    with pytest.raises(Exception, match="not found|No such|missing"):
+        load_released(storage.join(storage_root.uri, "ckpt", "absent.pth"), "tiny")

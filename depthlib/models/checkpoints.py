@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from depthlib import storage
 from depthlib.models.depth_anything import DepthAnythingV2, build_model
 from depthlib.models.specs import MODEL_SPECS, get_spec
 
@@ -47,32 +48,6 @@ def model_state_to_released(state: dict[str, torch.Tensor], encoder: str) -> dic
     return _rename(state, _OURS_TO_RELEASED) if get_spec(encoder).swiglu else dict(state)
 
 
-def _read(path_or_uri: str | Path) -> bytes:
-    s = str(path_or_uri)
-    if "://" in s and not s.startswith("file://"):
-        from depthlib import storage
-
-        return storage.read_bytes(s)
-    p = Path(s.removeprefix("file://"))
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    return p.read_bytes()
-
-
-def _write(path_or_uri: str | Path, data: bytes) -> None:
-    s = str(path_or_uri)
-    if "://" in s and not s.startswith("file://"):
-        from depthlib import storage
-
-        storage.write_bytes(s, data)
-        return
-    p = Path(s.removeprefix("file://"))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(p)
-
-
 def _guess_encoder(state: dict[str, torch.Tensor]) -> str | None:
     """The encoder size whose last head projection fits the file, if any."""
     w = state.get("depth_head.projects.3.weight")
@@ -89,7 +64,7 @@ def load_state_dict_file(path_or_uri: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local path or URI, loaded with ``weights_only=True``
     (never executes code from the file). Accepts a plain state dict or one
     nested under ``"model"`` / ``"state_dict"``."""
-    obj = torch.load(io.BytesIO(_read(path_or_uri)), map_location="cpu", weights_only=True)
+    obj = torch.load(io.BytesIO(storage.read_bytes(str(path_or_uri))), map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for k in ("model", "state_dict"):
             if isinstance(obj.get(k), dict):
@@ -146,4 +121,4 @@ def export_released(model: DepthAnythingV2, path_or_uri: str | Path) -> None:
              for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(model_state_to_released(state, model.encoder), buf)
-    _write(path_or_uri, buf.getvalue())
+    storage.write_bytes(str(path_or_uri), buf.getvalue())
