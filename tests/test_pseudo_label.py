@@ -104,7 +104,7 @@ def _upload(root: str, objects: dict[str, bytes]) -> str:
 
 def _config(input_uri, output, teacher, **kw) -> PseudoLabelConfig:
     base = dict(input=input_uri, output=output, checkpoint=teacher, encoder="tiny", input_size=INPUT_SIZE,
-                batch_size=4, partition_size=3, max_pixels=50_000_000, samples=4)
+                batch_size=4, partition_size=3, partitions_per_wave=4, max_pixels=50_000_000, samples=4)
     base.update(kw)
     return PseudoLabelConfig(**base)
 
@@ -191,7 +191,8 @@ def test_killed_run_resumes_without_duplicates(ray_session, tmp_path, teacher):
     input_uri = _upload(str(tmp_path), objects)
     out = str(tmp_path / "out")
     args = ["--input", input_uri, "--output", out, "--checkpoint", teacher, "--encoder", "tiny",
-            "--input-size", str(INPUT_SIZE), "--batch-size", "2", "--partition-size", "2", "--samples", "0"]
+            "--input-size", str(INPUT_SIZE), "--batch-size", "2", "--partition-size", "2",
+            "--partitions-per-wave", "8", "--samples", "0"]
     import ray
 
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
@@ -211,7 +212,7 @@ def test_killed_run_resumes_without_duplicates(ray_session, tmp_path, teacher):
 
     summary = run_pseudo_label(PseudoLabelConfig(
         input=input_uri, output=out, checkpoint=teacher, encoder="tiny", input_size=INPUT_SIZE,
-        batch_size=2, partition_size=2, samples=0))
+        batch_size=2, partition_size=2, partitions_per_wave=8, samples=0))
     after = {p.name: json.loads(p.read_text()) for p in done_dir.glob("*.json")}
     assert len(after) == 21
     for name, rec in before.items():  # finished work was kept, not redone
@@ -295,3 +296,17 @@ def test_killed_actor_is_replaced_and_nothing_is_lost(ray_session, tmp_path, tea
     assert killed, "the labelling actor was never found"
     keys = pads.dataset(str(Path(out) / "labels"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 30 and summary["labelled"] == 30
+
+
+def test_manifest_selects_keys_once(ray_session, tmp_path, teacher):
+    """A text manifest with a repeated key and a missing object: each listed key once, the missing one skipped."""
+    objects, _ = make_bucket()
+    input_uri = _upload(str(tmp_path), objects)
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("# wanted\nrgb/a.jpg\nmodes/gray.png\nrgb/a.jpg\n\nnot/there.png\n")
+    out = str(tmp_path / "out")
+    summary = run_pseudo_label(_config(input_uri, out, teacher, manifest=str(manifest)))
+    assert summary["images_seen"] == 3 and summary["labelled"] == 2
+    assert summary["skipped_by_reason"] == {"read_error": 1}
+    keys = pads.dataset(str(Path(out) / "labels"), format="parquet").to_table(columns=["key"]).column("key").to_pylist()
+    assert sorted(keys) == ["modes/gray.png", "rgb/a.jpg"]

@@ -31,6 +31,8 @@ class PseudoLabelConfig:
     limit: Optional[int] = field(default=None, metadata={"help": "label only the first N keys (sorted order)"})
     partition_size: int = field(default=256, metadata={
         "help": "keys per unit of work; a unit is committed (or redone) as a whole"})
+    partitions_per_wave: int = field(default=4096, metadata={
+        "help": "partitions the driver tracks at once (one Ray Data run); bounds driver memory"})
     max_pixels: int = field(default=100_000_000, metadata={
         "help": "larger images are skipped as decompression bombs (reason too_large)"})
     samples: int = field(default=16, metadata={"help": "about this many image+label pictures in samples/"})
@@ -46,7 +48,7 @@ class PseudoLabelConfig:
             raise ValueError(f"--encoder must be one of {sorted(MODEL_SPECS)}, got {self.encoder!r}")
         if not 1 <= self.min_actors <= self.max_actors:
             raise ValueError(f"need 1 <= --min-actors <= --max-actors, got {self.min_actors}, {self.max_actors}")
-        for name in ("batch_size", "partition_size"):
+        for name in ("batch_size", "partition_size", "partitions_per_wave"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.limit is not None and self.limit < 0:
@@ -57,4 +59,4 @@ class PseudoLabelConfig:
     def plan_fingerprint(self) -> dict:
         """The settings that define WHICH keys form which unit of work; a resumed run must match them."""
         return {"input": self.input, "manifest": self.manifest, "limit": self.limit,
-                "partition_size": self.partition_size}
+                "partition_size": self.partition_size, "partitions_per_wave": self.partitions_per_wave}

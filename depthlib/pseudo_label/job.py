@@ -4,8 +4,10 @@
 plan (``plan.py``), deletes leftovers of an interrupted run, streams the
 pending partitions through Ray Data (CPU decode tasks -> teacher actor pool
 -> shard-writing tasks), commits each partition when records cover all its
-keys, and writes ``summary.json``. Re-running with the same arguments
-resumes; a finished run re-run does nothing but rewrite the summary.
+keys, and writes ``summary.json``. The plan's chunks are processed one
+after another (waves), so the driver holds one chunk's keys at a time however
+large the bucket. Re-running with the same arguments resumes; a finished run
+re-run does nothing but rewrite the summary.
 """
 
 from __future__ import annotations
@@ -115,64 +117,101 @@ def _discard(output: str, pid: int, progress: _PartitionProgress) -> None:
         storage.delete(storage.join(plan_mod.labels_dir(output), f))
 
 
-def run_pseudo_label(config: PseudoLabelConfig, log=print) -> dict:
-    t0 = time.time()
+def _run_wave(config: PseudoLabelConfig, pending: dict[int, list[str]], sample_every: int, log) -> dict[int, dict]:
+    """Label and commit the ``pending`` partitions (pid -> keys); returns their commit records."""
     out = config.output
-    meta_exists = storage.exists(storage.join(out, "_plan", "meta.json"))
-    keys = None if meta_exists else (o.key for o in storage.iter_input_keys(config.input, config.manifest))
-    plan = plan_mod.create_or_load_plan(out, keys, config.plan_fingerprint(), config.partition_size, config.limit)
-    done = plan_mod.load_done(out)
-    removed = plan_mod.remove_uncommitted(out, done)
-    pending = [pid for pid in range(len(plan.partitions)) if pid not in done]
-    log(f"[pseudo-label] {plan.n_keys} keys in {len(plan.partitions)} partitions; "
-        f"{len(done)} already done, {len(pending)} to label; {removed} uncommitted files removed")
-    sample_every = max(1, plan.n_keys // max(1, config.samples)) if config.samples else 2**32
-
-    labelled_now = 0
-    t_pipeline = time.time()
+    records: dict[int, dict] = {}
+    todo = dict(pending)
     for round_ in range(MAX_ROUNDS):
-        if not pending:
+        if not todo:
             break
-        progress = {pid: _PartitionProgress(set(plan.partitions[pid])) for pid in pending}
-        ds = _build_dataset(config, [(pid, plan.partitions[pid]) for pid in pending], sample_every)
-        committed = 0
+        progress = {pid: _PartitionProgress(set(keys)) for pid, keys in todo.items()}
+        ds = _build_dataset(config, sorted(todo.items()), sample_every)
+        log_every, t_wave = max(1, len(todo) // 10), time.time()
         for rec in _records(ds):
             pid = int(rec["pid"])
             p = progress[pid]
             _absorb(p, rec, out)
             if not p.conflict and p.covered == p.expected:
-                done[pid] = plan_mod.commit_partition(
+                records[pid] = plan_mod.commit_partition(
                     out, pid, sorted(p.files), p.n_labels, p.errors,
                     {"label_bytes": p.label_bytes, "committed_at": time.time()})
-                labelled_now += p.n_labels
-                committed += 1
                 del progress[pid]
-                if committed % max(1, len(pending) // 20) == 0:
-                    log(f"[pseudo-label] committed {len(done)}/{len(plan.partitions)} partitions "
-                        f"({time.time() - t_pipeline:.0f}s)")
+                if len(records) % log_every == 0:
+                    log(f"[pseudo-label]   {len(records)}/{len(pending)} partitions of this wave committed "
+                        f"({time.time() - t_wave:.0f}s)")
         for pid, p in progress.items():  # conflicting or incomplete: redo from scratch
             _discard(out, pid, p)
-        pending = sorted(progress)
-        if pending:
-            log(f"[pseudo-label] round {round_ + 1}: {len(pending)} partitions to redo")
-    if pending:
-        raise RuntimeError(f"partitions {pending[:10]} could not be committed after {MAX_ROUNDS} rounds")
+        todo = {pid: todo[pid] for pid in progress}
+        if todo:
+            log(f"[pseudo-label] round {round_ + 1}: {len(todo)} partitions to redo")
+    if todo:
+        raise RuntimeError(f"partitions {sorted(todo)[:10]} could not be committed after {MAX_ROUNDS} rounds")
+    return records
+
+
+def _chunk_totals(output: str, pids: list[int], fresh: dict[int, dict]) -> dict:
+    """Totals of a finished chunk, from this run's records and, for partitions
+    committed by an earlier run, their stored records."""
+    totals = {"labelled": 0, "skipped": 0, "label_bytes": 0, "skipped_by_reason": Counter()}
+    for pid in pids:
+        rec = fresh.get(pid) or plan_mod.read_record(output, pid)
+        totals["labelled"] += rec["n_labels"]
+        totals["skipped"] += rec["n_errors"]
+        totals["label_bytes"] += rec.get("label_bytes", 0)
+        totals["skipped_by_reason"].update(rec["skipped_by_reason"])
+    totals["skipped_by_reason"] = dict(totals["skipped_by_reason"])
+    return totals
+
+
+def run_pseudo_label(config: PseudoLabelConfig, log=print) -> dict:
+    t0 = time.time()
+    out = config.output
+    meta_exists = storage.exists(storage.join(out, "_plan", "meta.json"))
+    keys = None if meta_exists else (o.key for o in storage.iter_input_keys(config.input, config.manifest))
+    plan = plan_mod.create_or_load_plan(out, keys, config.plan_fingerprint(), config.partition_size,
+                                        config.partitions_per_wave, config.limit,
+                                        dedupe=config.manifest is not None)
+    done = plan_mod.list_done(out)
+    resumed = len(done)
+    removed = plan_mod.remove_uncommitted(out, done)
+    log(f"[pseudo-label] {plan.n_keys} keys in {plan.n_partitions} partitions ({plan.n_chunks} waves); "
+        f"{resumed} already done, {plan.n_partitions - resumed} to label; {removed} uncommitted files removed")
+    sample_every = max(1, plan.n_keys // max(1, config.samples)) if config.samples else 2**32
+
+    labelled_now = 0
+    t_pipeline = time.time()
+    totals = {"labelled": 0, "skipped": 0, "label_bytes": 0, "skipped_by_reason": Counter()}
+    for chunk in range(plan.n_chunks):
+        summary_uri = plan_mod.chunk_summary_uri(out, chunk)
+        if storage.exists(summary_uri):
+            chunk_totals = json.loads(storage.read_bytes(summary_uri))
+        else:
+            parts = plan_mod.load_chunk(out, chunk)
+            pending = {pid: keys for pid, keys in parts if pid not in done}
+            fresh = _run_wave(config, pending, sample_every, log) if pending else {}
+            done |= set(fresh)
+            labelled_now += sum(r["n_labels"] for r in fresh.values())
+            chunk_totals = _chunk_totals(out, [pid for pid, _ in parts], fresh)
+            storage.write_bytes(summary_uri, json.dumps(chunk_totals).encode())
+            if pending:
+                log(f"[pseudo-label] wave {chunk + 1}/{plan.n_chunks}: committed {len(done)}/{plan.n_partitions} "
+                    f"partitions ({time.time() - t_pipeline:.0f}s)")
+        for k in ("labelled", "skipped", "label_bytes"):
+            totals[k] += chunk_totals[k]
+        totals["skipped_by_reason"].update(chunk_totals["skipped_by_reason"])
 
     wall = time.time() - t0
-    reasons: Counter = Counter()
-    for rec in done.values():
-        reasons.update(rec["skipped_by_reason"])
     summary = {
         "input": storage.redact(config.input), "output": storage.redact(out), "teacher": config.teacher_id,
         "encoder": config.encoder, "images_seen": plan.n_keys,
-        "labelled": sum(r["n_labels"] for r in done.values()),
-        "skipped": sum(r["n_errors"] for r in done.values()), "skipped_by_reason": dict(sorted(reasons.items())),
-        "label_bytes": sum(r.get("label_bytes", 0) for r in done.values()),
+        "labelled": totals["labelled"], "skipped": totals["skipped"],
+        "skipped_by_reason": dict(sorted(totals["skipped_by_reason"].items())),
+        "label_bytes": totals["label_bytes"],
         "this_run": {"labelled": labelled_now, "wall_s": round(wall, 3),
                      "images_per_s": round(labelled_now / max(time.time() - t_pipeline, 1e-9), 3),
-                     "partitions_resumed": len(plan.partitions) - len([1 for r in done.values()
-                                                                        if r.get("committed_at", 0) >= t0])},
-        "partitions": len(plan.partitions), "config": json.loads(_config_json(config)),
+                     "partitions_resumed": resumed},
+        "partitions": plan.n_partitions, "config": json.loads(_config_json(config)),
     }
     storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
     log(f"[pseudo-label] done: {summary['labelled']} labelled, {summary['skipped']} skipped "

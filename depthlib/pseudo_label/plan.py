@@ -3,11 +3,13 @@
 Layout under ``<output>``::
 
     _plan/meta.json                 the fingerprint and counts, written last (commits the plan)
-    _plan/plan-00000.parquet ...    (pid, key) for every input key, sorted by key
+    _plan/plan-00000.parquet ...    (pid, key) for every input key; each chunk holds whole
+                                    partitions and is one wave of the job
     labels/p000012-<digest>.parquet label shards; every file holds keys of ONE partition
     errors/p000012.parquet          skipped keys of partition 12 (key, reason, detail)
     _done/p000012.json              the commit record of partition 12: its files and counts
     samples/*.png                   image beside colourised label, for eyeballing
+    _summary/chunk-00000.json       totals of a finished chunk (the summary reads these)
     summary.json
 
 A partition is done iff its ``_done`` record exists; the record is written
@@ -25,14 +27,13 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from depthlib import storage
 
-PLAN_CHUNK_ROWS = 1_000_000
 _PIECE_RE = re.compile(r"^p(\d{6,})(?:-[0-9a-f]+)?\.parquet$")
 
 
@@ -67,77 +68,106 @@ def _table_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-@dataclass
-class Plan:
-    """Every input key with its partition id; ``partitions[pid]`` lists its keys in order."""
+@dataclass(frozen=True)
+class PlanMeta:
+    """The frozen plan: ``n_keys`` keys in ``n_partitions`` partitions, stored as
+    ``n_chunks`` files of ``partitions_per_chunk`` whole partitions each. A chunk
+    is also the job's wave: the driver holds one chunk's keys at a time."""
 
-    partitions: list[list[str]]
     fingerprint: dict
+    n_keys: int
+    n_partitions: int
+    n_chunks: int
+    partitions_per_chunk: int
 
-    @property
-    def n_keys(self) -> int:
-        return sum(len(p) for p in self.partitions)
+    def chunk_of(self, pid: int) -> int:
+        return pid // self.partitions_per_chunk
 
 
-def _chunks(keys: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for k in keys:
-        chunk.append(k)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _chunk_uri(output: str, chunk: int) -> str:
+    return storage.join(output, "_plan", f"plan-{chunk:05d}.parquet")
 
 
 def create_or_load_plan(output: str, keys: Iterable[str] | None, fingerprint: dict, partition_size: int,
-                        limit: int | None = None) -> Plan:
+                        partitions_per_chunk: int, limit: int | None = None, dedupe: bool = False) -> PlanMeta:
     """Load the frozen plan of ``output`` if there is one (it must match
-    ``fingerprint``), else build it from ``keys`` (sorted, de-duplicated,
-    cut to ``limit``) and freeze it. ``keys`` may be ``None`` when a plan exists."""
+    ``fingerprint``), else stream ``keys`` into chunk files and freeze it.
+
+    Keys keep their listing (or manifest) order. A listing has no duplicate
+    keys; a manifest may, and ``dedupe`` drops repeats exactly (a set of the
+    keys seen: memory grows with the manifest). Otherwise memory is bounded by
+    one chunk. ``keys`` may be ``None`` when a plan exists.
+    """
     meta_uri = storage.join(output, "_plan", "meta.json")
     if storage.exists(meta_uri):
         meta = json.loads(storage.read_bytes(meta_uri))
         if meta["fingerprint"] != fingerprint:
             raise ValueError(
-                f"{output} holds a run with other settings {meta['fingerprint']}; this run has {fingerprint}. "
-                "Use another --output, or the same settings to resume.")
-        rows = []
-        for i in range(meta["n_chunks"]):
-            t = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, "_plan", f"plan-{i:05d}.parquet"))))
-            rows.append(t)
-        table = pa.concat_tables(rows) if rows else pa.table({"pid": pa.array([], pa.int64()), "key": pa.array([], pa.string())})
-        parts: list[list[str]] = [[] for _ in range(meta["n_partitions"])]
-        for pid, key in zip(table.column("pid").to_pylist(), table.column("key").to_pylist()):
-            parts[pid].append(key)
-        return Plan(parts, fingerprint)
+                f"{storage.redact(output)} holds a run with other settings {meta['fingerprint']}; this run has "
+                f"{fingerprint}. Use another --output, or the same settings to resume.")
+        return PlanMeta(**meta)
     if keys is None:
-        raise ValueError(f"no plan under {output} and no keys given")
-    ordered = sorted(set(keys))
-    if limit is not None:
-        ordered = ordered[:limit]
-    parts = list(_chunks(ordered, partition_size))
-    n_chunks = 0
-    for n_chunks, start in enumerate(range(0, len(ordered), PLAN_CHUNK_ROWS), start=1):
-        sl = ordered[start:start + PLAN_CHUNK_ROWS]
-        pids = [(start + i) // partition_size for i in range(len(sl))]
-        storage.write_bytes(storage.join(output, "_plan", f"plan-{n_chunks - 1:05d}.parquet"),
-                            _table_bytes(pa.table({"pid": pa.array(pids, pa.int64()), "key": pa.array(sl, pa.string())})))
-    meta = {"fingerprint": fingerprint, "n_keys": len(ordered), "n_partitions": len(parts), "n_chunks": n_chunks}
-    storage.write_bytes(meta_uri, json.dumps(meta, indent=2).encode())
-    return Plan(parts, fingerprint)
+        raise ValueError(f"no plan under {storage.redact(output)} and no keys given")
+    rows_per_chunk = partition_size * partitions_per_chunk
+    seen: set[str] = set()
+    chunk: list[str] = []
+    n_keys = n_chunks = 0
+
+    def flush() -> None:
+        nonlocal n_chunks, chunk
+        first = n_chunks * rows_per_chunk
+        pids = [(first + i) // partition_size for i in range(len(chunk))]
+        table = pa.table({"pid": pa.array(pids, pa.int64()), "key": pa.array(chunk, pa.string())})
+        storage.write_bytes(_chunk_uri(output, n_chunks), _table_bytes(table))
+        n_chunks += 1
+        chunk = []
+
+    for key in keys:
+        if limit is not None and n_keys >= limit:
+            break
+        if dedupe:
+            if key in seen:
+                continue
+            seen.add(key)
+        chunk.append(key)
+        n_keys += 1
+        if len(chunk) == rows_per_chunk:
+            flush()
+    if chunk:
+        flush()
+    meta = PlanMeta(fingerprint, n_keys, -(-n_keys // partition_size), n_chunks, partitions_per_chunk)
+    storage.write_bytes(meta_uri, json.dumps(meta.__dict__, indent=2).encode())
+    return meta
 
 
-def load_done(output: str) -> dict[int, dict]:
-    """Commit records of finished partitions, by pid."""
-    done = {}
+def load_chunk(output: str, chunk: int) -> list[tuple[int, list[str]]]:
+    """``[(pid, keys), ...]`` of one plan chunk, keys in plan order."""
+    table = pq.read_table(io.BytesIO(storage.read_bytes(_chunk_uri(output, chunk))))
+    parts: dict[int, list[str]] = {}
+    for pid, key in zip(table.column("pid").to_pylist(), table.column("key").to_pylist()):
+        parts.setdefault(pid, []).append(key)
+    return sorted(parts.items())
+
+
+def list_done(output: str) -> set[int]:
+    """Partition ids with a commit record (from the listing alone, no reads)."""
+    done = set()
     for obj in storage.list_objects(storage.join(output, "_done"), suffixes=(".json",)):
-        rec = json.loads(storage.read_bytes(obj.uri))
-        done[int(rec["pid"])] = rec
+        pid = pid_of_file(obj.key.replace(".json", ".parquet"))
+        if pid is not None:
+            done.add(pid)
     return done
 
 
-def remove_uncommitted(output: str, done: dict[int, dict]) -> int:
+def read_record(output: str, pid: int) -> dict:
+    return json.loads(storage.read_bytes(done_uri(output, pid)))
+
+
+def chunk_summary_uri(output: str, chunk: int) -> str:
+    return storage.join(output, "_summary", f"chunk-{chunk:05d}.json")
+
+
+def remove_uncommitted(output: str, done: set[int]) -> int:
     """Delete label and error files of partitions without a commit record; returns how many."""
     removed = 0
     for d in (labels_dir(output), errors_dir(output)):
