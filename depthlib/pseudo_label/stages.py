@@ -9,10 +9,10 @@ they are unit-tested directly. Batches are dicts of numpy arrays.
    with an ``error`` reason instead of raising (a raised exception would make
    Ray drop or fail the whole block).
 2. ``LabelActor`` (GPU or CPU actors): the teacher, loaded once per actor;
-   runs each same-shape group as one forward pass; encodes the label.
-3. ``WritePieces`` (CPU tasks): writes each partition's labelled rows of the
-   block as one shard file named after its keys, and returns a small record
-   per piece for the driver to commit.
+   runs each same-shape group as one forward pass.
+3. ``WritePieces`` (CPU tasks): encodes the labels and writes each
+   partition's rows of the block as one shard file named after its keys, and
+   returns a small record per piece for the driver to commit.
 """
 
 from __future__ import annotations
@@ -32,29 +32,13 @@ from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.telemetry import count
 from depthlib.transforms import preprocess, target_size
 
-# Rows yielded by DecodePartition; pixels travel as raw float32 bytes with
-# their shape so blocks never need Ray's variable-shaped tensor columns.
 MAX_MODEL_PIXELS_FACTOR = 16  # refuse inputs whose resized size exceeds 16 x input_size^2 (extreme aspect)
 
 
-def _image_format(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:2] == b"BM":
-        return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    return "unknown"
-
-
 def _empty_rows() -> dict[str, list]:
-    return {k: [] for k in ("pid", "key", "image", "image_format", "image_h", "image_w",
+    # Pixels travel as raw float32 bytes with their shape (in_h, in_w), so
+    # blocks never need Ray's variable-shaped tensor columns.
+    return {k: [] for k in ("pid", "key", "image", "image_h", "image_w",
                             "in_h", "in_w", "pixels", "error", "detail")}
 
 
@@ -81,28 +65,29 @@ class DecodePartition:
         self.max_pixels = max_pixels
         self.group_rows = group_rows  # = the actor's batch size, so groups fill whole forward passes
 
-    def _one(self, key: str) -> tuple[bytes, np.ndarray | None, str, str]:
+    def _one(self, key: str) -> tuple[bytes, tuple[int, int], np.ndarray | None, str, str]:
+        """(source bytes, decoded (h, w) with EXIF applied, model input or None, skip reason, detail)."""
         uri = key if "://" in key or key.startswith("/") else storage.join(self.input_uri, key)
         try:
             data = storage.read_bytes(uri)  # retries transient errors itself
         except Exception as e:  # a missing or unreadable object is a skip, not a crash
-            return b"", None, "read_error", storage.redact(f"{type(e).__name__}: {e}")[:500]
+            return b"", (0, 0), None, "read_error", storage.redact(f"{type(e).__name__}: {e}")[:500]
         try:
             image = decode_image(data, max_pixels=self.max_pixels)
             h, w = target_size(image.shape[0], image.shape[1], self.input_size)
             if h * w > MAX_MODEL_PIXELS_FACTOR * self.input_size ** 2:
                 raise ImageDecodeError("too_large", f"{image.shape[1]}x{image.shape[0]} resizes to {w}x{h} "
                                                     f"for the model (extreme aspect ratio)")
-            return data, preprocess(image, self.input_size).numpy(), "", ""
+            return data, image.shape[:2], preprocess(image, self.input_size).numpy(), "", ""
         except ImageDecodeError as e:
-            return data, None, e.reason, e.detail[:500]
+            return data, (0, 0), None, e.reason, e.detail[:500]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         storage.set_default_s3(self.s3)
         for pid, keys in zip(batch["pid"], batch["keys"]):
             by_shape: dict[tuple[int, int], dict[str, list]] = {}
             for key in keys:
-                data, pixels, error, detail = self._one(str(key))
+                data, hw, pixels, error, detail = self._one(str(key))
                 if error:
                     count("skipped", 1, reason=error)
                 shape = pixels.shape[1:] if pixels is not None else (0, 0)
@@ -110,8 +95,6 @@ class DecodePartition:
                 rows["pid"].append(int(pid))
                 rows["key"].append(str(key))
                 rows["image"].append(data)
-                rows["image_format"].append(_image_format(data) if data else "")
-                hw = decode_hw(data) if not error else (0, 0)
                 rows["image_h"].append(hw[0])
                 rows["image_w"].append(hw[1])
                 rows["in_h"].append(shape[0])
@@ -124,17 +107,6 @@ class DecodePartition:
             for rows in by_shape.values():
                 for start in range(0, len(rows["key"]), self.group_rows):
                     yield _to_batch({k: v[start:start + self.group_rows] for k, v in rows.items()})
-
-
-def decode_hw(data: bytes) -> tuple[int, int]:
-    """Height and width of the image as decoded (EXIF orientation applied)."""
-    from PIL import Image, ImageOps
-    import io
-
-    with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size
-        orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 class LabelActor:
@@ -246,7 +218,7 @@ class WritePieces:
                 h, w = int(batch["in_h"][i]), int(batch["in_w"][i])
                 label = np.frombuffer(batch["label"][i], np.float32).reshape(h, w)
                 rows.append(shards.make_row(
-                    key, batch["image"][i], str(batch["image_format"][i]), label,
+                    key, batch["image"][i], None, label,  # format read from the image header
                     depth_type=self.depth_type, kind="pseudo",
                     image_size=(int(batch["image_h"][i]), int(batch["image_w"][i])),
                     provenance={**self.provenance, "time": now}))
