@@ -7,6 +7,11 @@ layout to ``tests/parity/released_layout.json``):
 
     .venv/bin/python tests/parity/make_reference.py --official /path/to/Depth-Anything-V2
 
+(with ``opencv-python-headless`` importable, e.g. installed with
+``pip install --target /tmp/cv2lib`` and ``PYTHONPATH=/tmp/cv2lib``, it also
+records the official end-to-end ``infer_image`` output; OpenCV is not a
+dependency of this project.)
+
 Weights are filled deterministically from key names and shapes
 (``tests/parity_weights.py``); inputs come from ``parity_input``. Outputs are
 stored subsampled every 4th pixel in each direction to keep the file small.
@@ -25,7 +30,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from parity_weights import fill_state_dict, parity_input  # noqa: E402
+from parity_weights import fill_state_dict, parity_image_uint8, parity_input  # noqa: E402
 
 # (name, encoder, metric, height, width)
 CASES = [
@@ -46,9 +51,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--official", required=True, help="checkout of DepthAnything/Depth-Anything-V2")
     args = ap.parse_args()
-    cv2 = types.ModuleType("cv2")  # only the official transforms need OpenCV; forward() does not
-    cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_NEAREST = 3, 2, 0
-    sys.modules.setdefault("cv2", cv2)
+    try:
+        import cv2  # noqa: F401  (real OpenCV: also computes the end-to-end infer_image reference)
+        have_cv2 = True
+    except ImportError:  # forward() alone does not need OpenCV
+        cv2 = types.ModuleType("cv2")
+        cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_NEAREST = 3, 2, 0
+        sys.modules["cv2"] = cv2
+        have_cv2 = False
     sys.path.insert(0, str(Path(args.official)))
     from depth_anything_v2.dpt import DepthAnythingV2 as Relative  # noqa: E402
     import importlib
@@ -74,6 +84,20 @@ def main() -> None:
         outputs[name] = out[::STRIDE, ::STRIDE].copy()
         outputs[name + "_mean"] = np.array(out.mean(), dtype=np.float64)
         print(name, out.shape, float(out.mean()), float(out.std()), float((out > 0).mean()))
+
+    if have_cv2:
+        # The whole official infer_image (cv2 bicubic resize, normalisation, forward,
+        # resize back) on a uint8 BGR image of an odd size.
+        kw = dict(encoder="vits", features=FEATURES["vits"], out_channels=OUT_CHANNELS["vits"])
+        model = Relative(**kw)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        model.load_state_dict(fill_state_dict(shapes), strict=True)
+        rgb = parity_image_uint8(301, 457)
+        depth = model.eval().infer_image(np.ascontiguousarray(rgb[:, :, ::-1]), 518)
+        outputs["infer_vits_301x457"] = depth[::STRIDE, ::STRIDE].astype(np.float32).copy()
+        print("infer_image", depth.shape, float(depth.mean()))
+    else:
+        print("OpenCV missing: infer_vits_301x457 not computed")
 
     # ViT-G encoder with 2 blocks: checks the SwiGLU key mapping and math cheaply.
     from functools import partial
