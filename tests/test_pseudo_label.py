@@ -109,9 +109,10 @@ def _config(input_uri, output, teacher, **kw) -> PseudoLabelConfig:
     return PseudoLabelConfig(**base)
 
 
-def _dataset(uri: str, s3cfg):
-    fs, path = storage.filesystem(uri, s3cfg)
-    return pads.dataset(path, filesystem=fs, format="parquet")
+def _dataset(uri: str):
+    """The output as a user opens it: ``pyarrow.dataset.dataset(URI)`` (for S3 the
+    endpoint and keys come from the standard ``AWS_*`` variables the fixture sets)."""
+    return pads.dataset(uri, format="parquet")
 
 
 def test_decode_partition_reports_reasons_without_ray(tmp_path):
@@ -136,7 +137,7 @@ def test_decode_partition_reports_reasons_without_ray(tmp_path):
 
 
 def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
-    root, s3cfg = storage_root.uri, storage_root.s3
+    root = storage_root.uri
     objects, bad = make_bucket()
     input_uri = _upload(root, objects)
     output = storage.join(root, "out")
@@ -147,8 +148,8 @@ def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
     assert summary["labelled"] == n_good and summary["skipped"] == len(bad)
     assert summary["skipped_by_reason"] == {r: list(bad.values()).count(r) for r in set(bad.values())}
 
-    labels = _dataset(plan_mod.labels_dir(output), s3cfg).to_table()
-    errors = _dataset(plan_mod.errors_dir(output), s3cfg).to_table()
+    labels = _dataset(plan_mod.labels_dir(output)).to_table()
+    errors = _dataset(plan_mod.errors_dir(output)).to_table()
     assert sorted(labels.column("key").to_pylist()) == sorted(k for k in objects if k not in bad)
     assert dict(zip(errors.column("key").to_pylist(), errors.column("reason").to_pylist())) == bad
     assert json.loads(storage.read_bytes(storage.join(output, "summary.json")))["labelled"] == n_good
@@ -170,7 +171,7 @@ def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
     # A second run finds everything done and labels nothing again.
     again = run_pseudo_label(_config(input_uri, output, teacher))
     assert again["this_run"]["labelled"] == 0 and again["labelled"] == n_good
-    assert _dataset(plan_mod.labels_dir(output), s3cfg).count_rows() == n_good
+    assert _dataset(plan_mod.labels_dir(output)).count_rows() == n_good
 
 
 def test_changed_settings_refuse_to_mix_runs(ray_session, tmp_path, teacher):
