@@ -28,11 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from depthlib import shards, storage  # noqa: E402
+from depthlib import shards  # noqa: E402
 from depthlib.images import decode_image  # noqa: E402
 from depthlib.inference import default_device, run_batch  # noqa: E402
 from depthlib.models import build_model, export_released, load_released  # noqa: E402

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 
+import numpy as np
 import torch
 
 
@@ -47,10 +48,8 @@ def parity_input(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return smooth + 0.3 * torch.randn(1, 3, height, width, generator=g)
 
 
-def parity_image_uint8(height: int, width: int, seed: int = 0) -> "np.ndarray":
+def parity_image_uint8(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A deterministic ``H x W x 3`` uint8 RGB image with smooth structure and texture."""
-    import numpy as np
-
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     rng = np.random.default_rng(seed)
     img = np.stack([np.sin(x / (9 + 5 * c) + c) * np.cos(y / (13 - 3 * c)) for c in range(3)], -1)

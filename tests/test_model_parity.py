@@ -18,7 +18,8 @@ import torch
 
 from depthlib.models import build_model, load_state_strict
 from depthlib.models.checkpoints import model_state_to_released
-from depthlib.models.encoders import DinoV2Encoder, ModelSpec, get_spec
+from depthlib.models.encoders import DinoV2Encoder
+from depthlib.models.specs import ModelSpec, get_spec
 from parity_weights import fill_state_dict, parity_input
 
 HERE = Path(__file__).parent / "parity"

@@ -6,7 +6,8 @@ import torch
 
 from depthlib.inference import predict
 from depthlib.models import build_model, export_released, load_released, load_state_dict_file
-from depthlib.models.encoders import MODEL_SPECS, interpolate_pos_embed
+from depthlib.models.encoders import interpolate_pos_embed
+from depthlib.models.specs import MODEL_SPECS
 from depthlib.transforms import preprocess, resize_prediction, target_size
 
 

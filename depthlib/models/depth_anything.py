@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from depthlib.models.dpt import DPTHead
-from depthlib.models.encoders import PATCH_SIZE, DinoV2Encoder, get_spec
+from depthlib.models.encoders import DinoV2Encoder
+from depthlib.models.specs import PATCH_SIZE, get_spec
 
 
 class DepthAnythingV2(nn.Module):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from depthlib.models.specs import MODEL_SPECS, PATCH_SIZE, PRETRAIN_GRID, ModelSpec, get_spec  # noqa: F401
+from depthlib.models.specs import PATCH_SIZE, PRETRAIN_GRID, ModelSpec
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int, offset: float = 0.1) -> torch.Tensor:
