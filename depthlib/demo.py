@@ -119,7 +119,6 @@ def main(argv=None) -> dict:
     from depthlib.pseudo_label import PseudoLabelConfig, run_pseudo_label
     from depthlib.synthetic_job import MakeSyntheticConfig, make_synthetic
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     out = cfg.output

@@ -53,12 +53,6 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """``(height, width)`` from the header without decoding pixels (EXIF rotation not applied)."""
-    with Image.open(io.BytesIO(data)) as img:
-        return img.height, img.width
-
-
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> np.ndarray:
     """Encoded bytes -> ``H x W x 3`` uint8 RGB, EXIF orientation applied.
 

@@ -112,7 +112,7 @@ def _absorb(progress: _PartitionProgress, rec: dict, output: str) -> None:
     progress.label_bytes += int(rec["label_bytes"])
 
 
-def _discard(output: str, pid: int, progress: _PartitionProgress) -> None:
+def _discard(output: str, progress: _PartitionProgress) -> None:
     for f in progress.files:
         storage.delete(storage.join(plan_mod.labels_dir(output), f))
 
@@ -140,8 +140,8 @@ def _run_wave(config: PseudoLabelConfig, pending: dict[int, list[str]], sample_e
                 if len(records) % log_every == 0:
                     log(f"[pseudo-label]   {len(records)}/{len(pending)} partitions of this wave committed "
                         f"({time.time() - t_wave:.0f}s)")
-        for pid, p in progress.items():  # conflicting or incomplete: redo from scratch
-            _discard(out, pid, p)
+        for p in progress.values():  # conflicting or incomplete: redo from scratch
+            _discard(out, p)
         todo = {pid: todo[pid] for pid in progress}
         if todo:
             log(f"[pseudo-label] round {round_ + 1}: {len(todo)} partitions to redo")
@@ -167,8 +167,8 @@ def _chunk_totals(output: str, pids: list[int], fresh: dict[int, dict]) -> dict:
 def run_pseudo_label(config: PseudoLabelConfig, log=print) -> dict:
     t0 = time.time()
     out = config.output
-    meta_exists = storage.exists(storage.join(out, "_plan", "meta.json"))
-    keys = None if meta_exists else (o.key for o in storage.iter_input_keys(config.input, config.manifest))
+    # Lazy: the input is only listed when no plan is frozen yet.
+    keys = (o.key for o in storage.iter_input_keys(config.input, config.manifest))
     plan = plan_mod.create_or_load_plan(out, keys, config.plan_fingerprint(), config.partition_size,
                                         config.partitions_per_wave, config.limit,
                                         dedupe=config.manifest is not None)

@@ -80,15 +80,12 @@ class PlanMeta:
     n_chunks: int
     partitions_per_chunk: int
 
-    def chunk_of(self, pid: int) -> int:
-        return pid // self.partitions_per_chunk
-
 
 def _chunk_uri(output: str, chunk: int) -> str:
     return storage.join(output, "_plan", f"plan-{chunk:05d}.parquet")
 
 
-def create_or_load_plan(output: str, keys: Iterable[str] | None, fingerprint: dict, partition_size: int,
+def create_or_load_plan(output: str, keys: Iterable[str], fingerprint: dict, partition_size: int,
                         partitions_per_chunk: int, limit: int | None = None, dedupe: bool = False) -> PlanMeta:
     """Load the frozen plan of ``output`` if there is one (it must match
     ``fingerprint``), else stream ``keys`` into chunk files and freeze it.
@@ -96,7 +93,7 @@ def create_or_load_plan(output: str, keys: Iterable[str] | None, fingerprint: di
     Keys keep their listing (or manifest) order. A listing has no duplicate
     keys; a manifest may, and ``dedupe`` drops repeats exactly (a set of the
     keys seen: memory grows with the manifest). Otherwise memory is bounded by
-    one chunk. ``keys`` may be ``None`` when a plan exists.
+    one chunk. ``keys`` is not consumed when a plan exists.
     """
     meta_uri = storage.join(output, "_plan", "meta.json")
     if storage.exists(meta_uri):
@@ -106,8 +103,6 @@ def create_or_load_plan(output: str, keys: Iterable[str] | None, fingerprint: di
                 f"{storage.redact(output)} holds a run with other settings {meta['fingerprint']}; this run has "
                 f"{fingerprint}. Use another --output, or the same settings to resume.")
         return PlanMeta(**meta)
-    if keys is None:
-        raise ValueError(f"no plan under {storage.redact(output)} and no keys given")
     rows_per_chunk = partition_size * partitions_per_chunk
     seen: set[str] = set()
     chunk: list[str] = []
