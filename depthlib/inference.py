@@ -43,3 +43,26 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: int = 518, dt
     x = preprocess(image, input_size)[None]
     out = run_batch(model, x, dtype)
     return resize_prediction(out, image.shape[:2])[0].cpu().numpy()
+
+
+def predict_images(model: torch.nn.Module, images: list[np.ndarray], input_size: int = 518, dtype: str = "bf16",
+                   sizes: list[tuple[int, int]] | None = None, batch_size: int = 16) -> list[np.ndarray]:
+    """The released inference path for several images, same-shape inputs batched together.
+
+    ``images``: ``H x W x 3`` uint8 RGB arrays; ``sizes``: the ``(H, W)`` each
+    prediction is resized back to (default: its image's size, as ``predict``).
+    Returns float32 maps (disparity or metres) in the order of ``images``.
+    """
+    sizes = sizes or [im.shape[:2] for im in images]
+    inputs = [preprocess(im, input_size) for im in images]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(inputs):
+        groups.setdefault(tuple(x.shape[1:]), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(images)
+    for idx in groups.values():
+        for start in range(0, len(idx), batch_size):
+            part = idx[start:start + batch_size]
+            preds = run_batch(model, torch.stack([inputs[i] for i in part]), dtype)
+            for i, p in zip(part, preds):
+                out[i] = resize_prediction(p, tuple(sizes[i])).cpu().numpy()
+    return out
