@@ -9,7 +9,10 @@ they are unit-tested directly. Batches are dicts of numpy arrays.
    with an ``error`` reason instead of raising (a raised exception would make
    Ray drop or fail the whole block).
 2. ``LabelActor`` (GPU or CPU actors): the teacher, loaded once per actor;
-   runs each same-shape group as one forward pass.
+   runs each same-shape group as one forward pass. Any rows with ``key``,
+   ``error``, ``detail``, ``in_h``, ``in_w`` and ``pixels`` columns will do,
+   and other columns pass through, so the evaluation job
+   (``depthlib.evaluation.stages``) runs its samples through the same actor.
 3. ``WritePieces`` (CPU tasks): encodes the labels and writes each
    partition's rows of the block as one shard file named after its keys, and
    returns a small record per piece for the driver to commit.
@@ -42,16 +45,64 @@ def _empty_rows() -> dict[str, list]:
                             "in_h", "in_w", "pixels", "error", "detail")}
 
 
-def _to_batch(rows: dict[str, list]) -> dict[str, np.ndarray]:
+INT_COLUMNS = ("pid", "image_h", "image_w", "in_h", "in_w")
+
+
+def rows_to_batch(rows: dict[str, list], int_columns: tuple[str, ...] = INT_COLUMNS) -> dict[str, np.ndarray]:
+    """Column lists -> a Ray Data numpy batch: ``int_columns`` as int64, the rest as object arrays
+    (bytes and strings of any length, so blocks never need variable-shaped tensor columns)."""
     out = {}
     for k, v in rows.items():
-        if k in ("pid", "image_h", "image_w", "in_h", "in_w"):
+        if k in int_columns:
             out[k] = np.asarray(v, dtype=np.int64)
         else:
             arr = np.empty(len(v), dtype=object)
             arr[:] = v
             out[k] = arr
     return out
+
+
+def shape_groups(by_shape: dict[tuple[int, int], dict[str, list]], group_rows: int,
+                 int_columns: tuple[str, ...] = INT_COLUMNS) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of at most ``group_rows`` rows, one input shape each: same-shape rows
+    leave together so the model actor batches them without resizing."""
+    for rows in by_shape.values():
+        n = len(next(iter(rows.values())))
+        for start in range(0, n, group_rows):
+            yield rows_to_batch({k: v[start:start + group_rows] for k, v in rows.items()}, int_columns)
+
+
+def model_input(image: np.ndarray, input_size: int) -> np.ndarray:
+    """Decoded ``H x W x 3`` uint8 RGB -> ``3 x h x w`` float32 model input (released preprocessing).
+
+    Raises ``ImageDecodeError("too_large")`` when the resized input would exceed
+    ``MAX_MODEL_PIXELS_FACTOR * input_size**2`` (an extreme aspect ratio).
+    """
+    h, w = target_size(image.shape[0], image.shape[1], input_size)
+    if h * w > MAX_MODEL_PIXELS_FACTOR * input_size ** 2:
+        raise ImageDecodeError("too_large", f"{image.shape[1]}x{image.shape[0]} resizes to {w}x{h} "
+                                            f"for the model (extreme aspect ratio)")
+    return preprocess(image, input_size).numpy()
+
+
+def actor_resources(gpus_per_actor: float | None, cpus_per_actor: float | None) -> tuple[float, float, int]:
+    """(gpus, cpus, torch threads) for a model actor on the connected Ray cluster.
+
+    Defaults: one GPU per actor if the cluster has GPUs, else a CPU actor with
+    every core of its node but one (left for the CPU stages). Threads ``0``
+    means all cores of the actor's node (CPU actors); a GPU actor only stages
+    batches, and Ray's one thread is enough.
+    """
+    import ray
+
+    gpus = gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    cpus = cpus_per_actor
+    if cpus is None:
+        cpus = 1.0 if gpus > 0 else max(1.0, node_cpus - 1)
+    return gpus, cpus, 0 if gpus == 0 else 1
 
 
 class DecodePartition:
@@ -74,11 +125,7 @@ class DecodePartition:
             return b"", (0, 0), None, "read_error", storage.redact(f"{type(e).__name__}: {e}")[:500]
         try:
             image = decode_image(data, max_pixels=self.max_pixels)
-            h, w = target_size(image.shape[0], image.shape[1], self.input_size)
-            if h * w > MAX_MODEL_PIXELS_FACTOR * self.input_size ** 2:
-                raise ImageDecodeError("too_large", f"{image.shape[1]}x{image.shape[0]} resizes to {w}x{h} "
-                                                    f"for the model (extreme aspect ratio)")
-            return data, image.shape[:2], preprocess(image, self.input_size).numpy(), "", ""
+            return data, image.shape[:2], model_input(image, self.input_size), "", ""
         except ImageDecodeError as e:
             return data, (0, 0), None, e.reason, e.detail[:500]
 
@@ -103,10 +150,7 @@ class DecodePartition:
                 rows["error"].append(error)
                 rows["detail"].append(detail)
                 count("bytes_read", len(data))
-            # Same-shape rows leave together so the actor can batch them without resizing.
-            for rows in by_shape.values():
-                for start in range(0, len(rows["key"]), self.group_rows):
-                    yield _to_batch({k: v[start:start + self.group_rows] for k, v in rows.items()})
+            yield from shape_groups(by_shape, self.group_rows)
 
 
 class LabelActor:
