@@ -10,10 +10,14 @@ column          type       meaning
 key             string     the sample's id (source key relative to its input)
 image           binary     the image file's bytes exactly as at the source
 image_format    string     ``"png"``, ``"jpeg"``, ... (lower case, PIL's name)
-depth           binary     the label map, :func:`encode_depth` (uint16 LE)
+depth           binary     the label map: version 2, a
+                           :mod:`depthlib.label_codec` blob; version 1,
+                           :func:`encode_depth` (raw log-uint16 codes)
 depth_type      string     ``"disparity"`` (relative, affine-invariant) or
                            ``"metric_depth"`` (metres)
-depth_lo/hi     float32    the encoding range of ``depth``
+depth_lo/hi     float32    v2: smallest and largest decoded value (metric:
+                           smallest positive), for filtering without
+                           decoding; v1: the encoding range of ``depth``
 valid           binary?    ``np.packbits`` of the HxW valid mask; null = all
 height, width   int32      size of the LABEL map
 image_height,   int32      size of the image
@@ -22,16 +26,20 @@ kind            string     ``"synthetic"`` | ``"pseudo"`` | ``"metric"``
 provenance      string     JSON: generator seed, teacher id/checkpoint, time
 ==============  =========  ===================================================
 
-The file's key-value metadata holds ``depthlib.shard_version`` = ``"1"``;
-:func:`read_shard` refuses files without it or with another version.
+The file's key-value metadata holds ``depthlib.shard_version``: writers write
+``"2"``; :func:`read_shard` and :func:`check_shard_metadata` accept ``"1"``
+and ``"2"`` and refuse anything else.
 
-Depth encoding (pure functions, no I/O): uint16 codes in log space, 2 bytes
-per pixel before Parquet's zstd. Code 0 is an exact zero (and any value
-<= 0); codes 1..65535 spread ``log(lo)..log(hi)`` evenly, with
-``hi = max(value)`` and ``lo = max(min positive value, hi * exp(-13))``.
-The relative error is at most 13 / 65534 / 2 = 9.92e-5 for every value >= lo;
-values in (0, lo) are stored as lo, an absolute error below
-``hi * exp(-13)`` = 2.3e-6 * hi. NaN and inf are refused: mask them first.
+Labels, version 2 (:func:`encode_label` / :func:`decode_label`, details in
+:mod:`depthlib.label_codec`): quantised to the precision contract -- a
+disparity label within ``1e-4 * max|label|`` (linear grid), metric depth
+within ``1e-3`` relative (log grid) -- then predicted along the image,
+split into byte planes and zstd-compressed inside the cell, well under 1
+byte per pixel. Labels, version 1 (:func:`encode_depth`): ``2 * H * W`` bytes
+of log-spaced uint16 codes, relative error <= 9.92e-5 above
+``hi * exp(-13)``. A v1 cell is exactly ``2 * H * W`` bytes long and a v2
+blob never is, so :func:`decode_sample` (and :func:`decode_row_depth`)
+decode either kind of cell without knowing the file's version.
 
 Writes go through :func:`depthlib.storage.write_bytes`, which is atomic, so a
 reader never sees half a shard.
@@ -47,18 +55,24 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from depthlib import storage
+from depthlib.label_codec import decode_label, encode_label, label_info
 from depthlib.storage import S3Config
 
-SHARD_VERSION = 1
+SHARD_VERSION = 2
+"""The version writers write."""
+READABLE_VERSIONS = (1, 2)
+"""The versions readers accept."""
 VERSION_KEY = b"depthlib.shard_version"
 
 DEPTH_TYPES = ("disparity", "metric_depth")
 KINDS = ("synthetic", "pseudo", "metric")
 
-# ln(hi / lo) is capped at this, which bounds the relative quantisation error.
+# Version 1 encoding: ln(hi / lo) is capped at this, which bounds the
+# relative quantisation error.
 LOG_RANGE = 13.0
 _MAX_CODE = 65535
 _STEPS = _MAX_CODE - 1  # codes 1..65535 cover LOG_RANGE in 65534 steps
@@ -92,7 +106,9 @@ class ShardVersionError(ValueError):
     """A file is not a shard this code can read (missing or unknown version)."""
 
 
-# --------------------------------------------------------------------------- encoding
+# --------------------------------------------------------------------------- version 1 encoding
+# Kept so version 1 shards stay readable (and can be written for tests);
+# version 2 labels come from depthlib.label_codec (encode_label, decode_label).
 
 
 def _float32_at_least(x: float) -> np.float32:
@@ -106,7 +122,7 @@ def _float32_at_most(x: float) -> np.float32:
 
 
 def encode_depth(arr: np.ndarray) -> tuple[bytes, float, float]:
-    """Encode an HxW depth or disparity map as log-spaced uint16 codes.
+    """Encode an HxW depth or disparity map as log-spaced uint16 codes (shard version 1).
 
     Returns ``(data, lo, hi)``: ``data`` is ``2 * H * W`` bytes (little-endian
     uint16, row-major), ``lo``/``hi`` the float32 range to pass to
@@ -160,7 +176,7 @@ def depth_lookup_table(lo: float, hi: float) -> np.ndarray:
 
 
 def decode_depth(data: bytes, lo: float, hi: float, height: int, width: int) -> np.ndarray:
-    """Decode :func:`encode_depth` output to a float32 ``height x width`` map."""
+    """Decode :func:`encode_depth` output (version 1) to a float32 ``height x width`` map."""
     height, width = int(height), int(width)
     expected = 2 * height * width
     if len(data) != expected:
@@ -200,12 +216,17 @@ def _image_info(image_bytes: bytes) -> tuple[str, tuple[int, int]]:
 def make_row(key: str, image_bytes: bytes, image_format: str | None, depth: np.ndarray, *,
              depth_type: str, kind: str, valid: np.ndarray | None = None,
              image_size: tuple[int, int] | None = None,
-             provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             provenance: Mapping[str, Any] | None = None,
+             tolerance: float | None = None) -> dict[str, Any]:
     """Build one shard row (a dict in :data:`SHARD_SCHEMA`'s column order).
 
-    ``depth`` is the HxW label map (metres or disparity, see ``depth_type``);
-    ``valid`` an optional HxW bool mask. Pixels outside ``valid`` are stored as
-    0 (so they may hold NaN); a mask that is all True is stored as null.
+    ``depth`` is the HxW label map (metres or disparity, see ``depth_type``),
+    encoded with :func:`encode_label` (version 2): a disparity label within
+    ``tolerance * max|depth|`` (default 1e-4), metric depth within relative
+    ``tolerance`` (default 1e-3). ``valid`` an optional HxW bool mask.
+    Pixels outside ``valid`` are stored as 0 (so they may hold NaN; they do
+    not count towards ``max|depth|``); a mask that is all True is stored as
+    null.
     ``image_format`` and ``image_size`` (height, width) are read from the image
     header when not given. ``provenance`` is stored as sorted JSON with any
     configured storage secret scrubbed.
@@ -225,7 +246,8 @@ def make_row(key: str, image_bytes: bytes, image_format: str | None, depth: np.n
         if not valid.all():
             depth = np.where(valid, depth, 0.0)
             valid_bytes = encode_mask(valid)
-    data, lo, hi = encode_depth(depth)
+    data = encode_label(depth, depth_type, tolerance)
+    info = label_info(data)
     image_bytes = bytes(image_bytes)
     if image_format is None or image_size is None:
         fmt, size = _image_info(image_bytes)
@@ -238,8 +260,8 @@ def make_row(key: str, image_bytes: bytes, image_format: str | None, depth: np.n
         "image_format": str(image_format).lower(),
         "depth": data,
         "depth_type": depth_type,
-        "depth_lo": lo,
-        "depth_hi": hi,
+        "depth_lo": info.lo,
+        "depth_hi": info.hi,
         "valid": valid_bytes,
         "height": int(depth.shape[0]),
         "width": int(depth.shape[1]),
@@ -263,13 +285,37 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=SHARD_SCHEMA)
 
 
+# Columns worth Parquet dictionary encoding (few distinct short values);
+# hashing the image and label bytes for a dictionary only costs time.
+_DICTIONARY_COLUMNS = ["image_format", "depth_type", "kind"]
+
+
+def _has_v1_labels(table: pa.Table) -> bool:
+    """Whether any ``depth`` cell is a version 1 label (exactly 2 * H * W bytes)."""
+    if table.num_rows == 0:
+        return False
+    n = pc.multiply(pc.cast(table.column("height"), pa.int64()), pc.cast(table.column("width"), pa.int64()))
+    same = pc.equal(pc.cast(pc.binary_length(table.column("depth")), pa.int64()), pc.multiply(n, 2))
+    return bool(pc.any(same).as_py())
+
+
 def table_to_parquet_bytes(table: pa.Table) -> pa.Buffer:
-    """Serialise a shard table: zstd, :data:`ROW_GROUP_ROWS` rows per row group."""
+    """Serialise a shard table: zstd, :data:`ROW_GROUP_ROWS` rows per row group.
+
+    The file is marked with the table's ``depthlib.shard_version`` if it has
+    one (a table read from a version 1 file stays version 1), else
+    :data:`SHARD_VERSION`. Version 2 label cells are compressed already, so
+    the ``depth`` column skips Parquet's zstd unless it holds version 1 cells.
+    """
     if table.schema.metadata is None or VERSION_KEY not in table.schema.metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                VERSION_KEY: str(SHARD_VERSION).encode()})
+    compression = {name: "zstd" for name in table.column_names}
+    if "depth" in compression and not _has_v1_labels(table):
+        compression["depth"] = "none"
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS,
+    pq.write_table(table, sink, compression=compression, row_group_size=ROW_GROUP_ROWS,
+                   use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
                    write_statistics=["key", "height", "width", "image_height", "image_width"])
     return sink.getvalue()
 
@@ -283,25 +329,28 @@ def write_shard(rows: Iterable[Mapping[str, Any]], uri: str, s3: S3Config | None
     return uri
 
 
-def check_shard_metadata(metadata: Mapping[bytes, bytes] | None, where: str) -> None:
-    """Raise :class:`ShardVersionError` unless ``metadata`` says version 1.
+def check_shard_metadata(metadata: Mapping[bytes, bytes] | None, where: str) -> int:
+    """Return the shard version (1 or 2) ``metadata`` states, or raise :class:`ShardVersionError`.
 
     ``metadata`` is a Parquet file's key-value metadata
     (``pq.ParquetFile(...).metadata.metadata``); ``where`` names the file.
+    Rows of either version decode with :func:`decode_sample`.
     """
+    supported = " and ".join(str(v) for v in READABLE_VERSIONS)
     found = (metadata or {}).get(VERSION_KEY)
     if found is None:
         raise ShardVersionError(f"{storage.redact(where)} is not a depthlib shard: its Parquet "
                                 f"metadata has no {VERSION_KEY.decode()!r} (this reader "
-                                f"supports version {SHARD_VERSION})")
-    if found.decode(errors="replace") != str(SHARD_VERSION):
-        raise ShardVersionError(f"{storage.redact(where)} has shard version "
-                                f"{found.decode(errors='replace')!r}; this reader supports "
-                                f"version {SHARD_VERSION} only")
+                                f"supports versions {supported})")
+    text = found.decode(errors="replace")
+    if text not in {str(v) for v in READABLE_VERSIONS}:
+        raise ShardVersionError(f"{storage.redact(where)} has shard version {text!r}; this reader "
+                                f"supports versions {supported} only")
+    return int(text)
 
 
 def read_shard(uri: str, s3: S3Config | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read a whole shard (or some ``columns``), refusing unknown versions."""
+    """Read a whole shard (or some ``columns``) of version 1 or 2, refusing other versions."""
     with storage.open_input(uri, s3) as f:
         pf = pq.ParquetFile(f)
         check_shard_metadata(pf.metadata.metadata, uri)
@@ -397,8 +446,28 @@ class Sample:
     provenance: dict
 
 
+def decode_row_depth(row: Mapping[str, Any]) -> np.ndarray:
+    """The float32 ``height x width`` label of a row of either shard version.
+
+    Needs the row's ``depth``, ``height`` and ``width`` (and ``depth_lo``,
+    ``depth_hi`` for a version 1 cell; ``depth_type``, when present, is
+    checked against a version 2 blob). Raises ``ValueError`` for a damaged cell.
+    """
+    height, width = int(row["height"]), int(row["width"])
+    data = row["depth"]
+    data = data if isinstance(data, bytes) else bytes(data)
+    if len(data) == 2 * height * width:  # version 1: raw uint16 codes
+        return decode_depth(data, float(row["depth_lo"]), float(row["depth_hi"]), height, width)
+    kind, depth_type = label_info(data).kind, row.get("depth_type")
+    if depth_type is not None and kind != depth_type:
+        raise ValueError(f"row {row.get('key')!r}: depth_type is {depth_type!r} but its label "
+                         f"blob holds {kind!r}")
+    return decode_label(data, height, width)
+
+
 def decode_sample(row: Mapping[str, Any]) -> Sample:
-    """Decode one row (a dict, e.g. from ``table.to_pylist()`` or Ray Data).
+    """Decode one row of a version 1 or 2 shard (a dict, e.g. from
+    ``table.to_pylist()`` or Ray Data).
 
     The image is decoded as the labeller saw it (``depthlib.images``: EXIF
     orientation applied, any mode to RGB), so it lines up with the label.
@@ -407,8 +476,7 @@ def decode_sample(row: Mapping[str, Any]) -> Sample:
 
     height, width = int(row["height"]), int(row["width"])
     image = decode_image(bytes(row["image"]))
-    depth = decode_depth(bytes(row["depth"]), float(row["depth_lo"]), float(row["depth_hi"]),
-                         height, width)
+    depth = decode_row_depth(row)
     valid_data = row.get("valid")
     if valid_data is None or (isinstance(valid_data, float) and math.isnan(valid_data)):
         valid = np.ones((height, width), dtype=bool)

@@ -1,7 +1,8 @@
 """depthlib.shards: depth/mask encoding, rows, and shard files on local disk and S3.
 
-Run: ``python -m pytest tests/test_shards.py -q -s`` (``-s`` shows the measured
-bytes per pixel of stored depth).
+Version 2 labels (depthlib.label_codec) are written; version 1 shards and
+cells still read. Run: ``python -m pytest tests/test_shards.py -q -s`` (``-s``
+shows the measured bytes per pixel of stored depth).
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ import pytest
 from PIL import Image
 
 from depthlib import shards, storage
+from depthlib.label_codec import label_info
 from depthlib.shards import ShardVersionError, ShardWriter
 from depthlib.storage import StorageError
 
-REL_TOL = 1e-4
+REL_TOL = 1e-4  # version 1 encoding: relative, above hi * e^-13
+METRIC_TOL = 1e-3  # version 2, metric depth: relative
+DISP_TOL = 1e-4  # version 2, disparity: of the map's max
 
 
 def _rel_err(decoded: np.ndarray, original: np.ndarray) -> np.ndarray:
     return np.abs(decoded.astype(np.float64) - original) / original
 
 
-# --------------------------------------------------------------------------- encoding
+# --------------------------------------------------------------------------- version 1 encoding (still read)
 
 
 @pytest.mark.parametrize("low, high", [(1e-3, 1e3), (1e-2, 1e3), (0.5, 80.0)])
@@ -169,27 +173,57 @@ def test_make_row_fields():
         shards.make_row("k", b"", "png", np.ones((2, 2)), depth_type="disparity", kind="real", image_size=(2, 2))
     table = shards.rows_to_table([row, masked])
     assert table.schema.equals(shards.SHARD_SCHEMA, check_metadata=True)
-    assert table.schema.metadata[b"depthlib.shard_version"] == b"1"
+    assert table.schema.metadata[b"depthlib.shard_version"] == b"2"
+    # version 2 cells; depth_lo / depth_hi are the decoded range
+    for r, d, v in ((row, depth, None), (masked, *_row(1, masked=True)[1:])):
+        info = label_info(r["depth"])
+        assert info.kind == "metric_depth" and info.tolerance == METRIC_TOL
+        decoded = shards.decode_row_depth(r)
+        inside = decoded[decoded > 0]
+        assert (r["depth_lo"], r["depth_hi"]) == (float(inside.min()), float(inside.max()))
+    disp = shards.make_row("k", b"\x89PNG", "png", np.array([[0.0, 2.0], [1.0, 4.0]]), depth_type="disparity",
+                           kind="pseudo", image_size=(2, 2), tolerance=0.1)
+    assert label_info(disp["depth"]).tolerance == 0.1
+    step = 2 * (0.1 - 2.0 ** -21) * 4
+    assert (disp["depth_lo"], disp["depth_hi"]) == (0.0, float(np.float32(5 * step)))
+    # 2.0 is 2.5000119 steps: level 3; 1.0 is 1.25 steps: level 1
+    np.testing.assert_allclose(shards.decode_row_depth(disp), [[0, 3 * step], [step, 5 * step]], rtol=1e-7)
 
 
-def test_stored_depth_bytes_per_pixel():
-    """2 bytes/pixel before compression; report what zstd makes of a synthetic-like map."""
-    h, w, n = 480, 640, 8
-    rows = []
-    for i in range(n):
-        depth = _synthetic_scene(h, w, seed=i)
-        rows.append(shards.make_row(f"k{i}", b"not-an-image", "png", depth, depth_type="metric_depth",
-                                    kind="synthetic", image_size=(h, w), provenance={}))
-    raw_bpp = sum(len(r["depth"]) for r in rows) / (n * h * w)
-    assert raw_bpp == 2.0
+def _stored_depth_bpp(rows: list[dict]) -> float:
+    """Compressed bytes of the ``depth`` column in a written shard, per label pixel."""
     pf = pq.ParquetFile(pa.BufferReader(shards.table_to_parquet_bytes(shards.rows_to_table(rows))))
     col = pf.schema_arrow.names.index("depth")
     stored = sum(pf.metadata.row_group(g).column(col).total_compressed_size
                  for g in range(pf.metadata.num_row_groups))
-    stored_bpp = stored / (n * h * w)
-    print(f"\nstored depth: {raw_bpp:.3f} bytes/pixel before compression, "
-          f"{stored_bpp:.3f} after Parquet zstd ({h}x{w} synthetic-like scenes)")
-    assert stored_bpp <= 2.0
+    return stored / sum(r["height"] * r["width"] for r in rows)
+
+
+def test_stored_depth_bytes_per_pixel():
+    """Version 2 stays under 1 byte per label pixel even for noisy disparity; report v1 beside it.
+
+    Maps: the synthetic-like scene (metric, and its disparity with 0.2 % per-pixel
+    noise, about a bf16 teacher's rounding) at 518 x 686.
+    """
+    h, w, n = 518, 686, 4
+    metric, noisy, v1 = [], [], []
+    for i in range(n):
+        depth = _synthetic_scene(h, w, seed=i)
+        disp = 1.0 / depth
+        disp *= 1 + np.random.default_rng(i).normal(0, 2e-3, disp.shape)
+        metric.append(shards.make_row(f"m{i}", b"-", "png", depth, depth_type="metric_depth",
+                                      kind="synthetic", image_size=(h, w), provenance={}))
+        noisy.append(shards.make_row(f"d{i}", b"-", "jpeg", disp, depth_type="disparity",
+                                     kind="pseudo", image_size=(h, w), provenance={}))
+        row = dict(noisy[-1])
+        row["depth"], row["depth_lo"], row["depth_hi"] = shards.encode_depth(disp)
+        v1.append(row)
+        assert np.abs(shards.decode_row_depth(noisy[-1]) - disp).max() <= DISP_TOL * disp.max()
+    bpp = {name: _stored_depth_bpp(rows) for name, rows in
+           (("metric scene", metric), ("noisy disparity", noisy), ("noisy disparity, v1", v1))}
+    print("\nstored depth bytes/pixel: " + ", ".join(f"{k} {v:.3f}" for k, v in bpp.items()))
+    assert bpp["metric scene"] <= 0.1
+    assert bpp["noisy disparity"] <= 1.0 < bpp["noisy disparity, v1"]
 
 
 # --------------------------------------------------------------------------- files
@@ -198,8 +232,8 @@ def test_stored_depth_bytes_per_pixel():
 def test_shard_round_trip_through_writer(storage_root):
     prefix = storage.join(storage_root.uri, "shards")
     expected = {}
-    # ~17 KB per row, 40 KB target: a new file every 3 rows.
-    with ShardWriter(prefix, target_bytes=40_000, name_prefix="part", s3=storage_root.s3) as writer:
+    # ~10 KB per row, 25 KB target: a new file every 3 rows.
+    with ShardWriter(prefix, target_bytes=25_000, name_prefix="part", s3=storage_root.s3) as writer:
         for i in range(7):
             row, depth, valid = _row(i, masked=(i % 2 == 1))
             expected[row["key"]] = (row, depth, valid)
@@ -222,7 +256,8 @@ def test_shard_round_trip_through_writer(storage_root):
             assert rec["image"] == row["image"]  # bytes exactly as given
             mask = np.ones_like(sample.valid) if valid is None else valid
             assert np.array_equal(sample.valid, mask)
-            assert _rel_err(sample.depth[mask], depth[mask]).max() <= REL_TOL
+            assert _rel_err(sample.depth[mask], depth[mask]).max() <= METRIC_TOL
+            assert (sample.depth[~mask] == 0).all()
             assert sample.depth_type == "metric_depth" and sample.kind == "synthetic"
             assert sample.provenance["seed"] == int(sample.key[6:10])
     assert sorted(seen) == sorted(expected)
@@ -235,17 +270,101 @@ def test_write_shard_and_ray_style_read(storage_root):
     fs, path = storage.filesystem(uri, storage_root.s3)
     table = pq.read_table(path, filesystem=fs)  # what ray.data.read_parquet does
     assert table.column("key").to_pylist() == [r["key"] for r in rows]
-    shards.check_shard_metadata(pq.ParquetFile(path, filesystem=fs).metadata.metadata, uri)
+    pf = pq.ParquetFile(path, filesystem=fs)
+    assert shards.check_shard_metadata(pf.metadata.metadata, uri) == 2
+    depth_col = pf.schema_arrow.names.index("depth")
+    # v2 cells carry their own zstd; Parquet does not compress them again
+    assert pf.metadata.row_group(0).column(depth_col).compression == "UNCOMPRESSED"
+    assert pf.metadata.row_group(0).column(pf.schema_arrow.names.index("image")).compression == "ZSTD"
+    for rec, row in zip(table.to_pylist(), rows):
+        assert rec["depth"] == row["depth"]
+
+
+def _write_v1_shard(rows: list[dict], uri: str, s3=None) -> None:
+    """A shard exactly as the version 1 writer made it: raw log-uint16 cells, zstd, version "1"."""
+    table = shards.rows_to_table(rows).replace_schema_metadata({b"depthlib.shard_version": b"1"})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=64,
+                   write_statistics=["key", "height", "width", "image_height", "image_width"])
+    storage.write_bytes(uri, sink.getvalue(), s3=s3)
+
+
+def _v1_row(i: int, *, masked: bool = False) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    row, depth, valid = _row(i, masked=masked)
+    stored = depth if valid is None else np.where(valid, depth, 0.0)
+    row = dict(row)
+    row["depth"], row["depth_lo"], row["depth_hi"] = shards.encode_depth(stored)
+    return row, depth, valid
+
+
+def test_v1_cell_by_hand():
+    """lo = hi = 2: code 0 is exactly 0, 65535 is hi; a v1 cell is exactly 2*H*W bytes."""
+    row = {"key": "k", "depth": b"\x00\x00\xff\xff\xff\xff\xff\xff", "depth_lo": 2.0, "depth_hi": 2.0,
+           "depth_type": "metric_depth", "height": 2, "width": 2}
+    np.testing.assert_array_equal(shards.decode_row_depth(row), [[0.0, 2.0], [2.0, 2.0]])
+    assert shards.encode_depth(np.array([[0.0, 2.0], [2.0, 2.0]])) == (row["depth"], 2.0, 2.0)
+
+
+def test_v1_shard_still_decodes(storage_root):
+    """A version 1 file (as written before version 2) reads, validates and decodes with v1 precision."""
+    rows = [_v1_row(i, masked=(i == 1)) for i in range(3)]
+    uri = storage.join(storage_root.uri, "v1", "shard-00000.parquet")
+    _write_v1_shard([r for r, _, _ in rows], uri, s3=storage_root.s3)
+    assert shards.list_shards(storage.join(storage_root.uri, "v1"), s3=storage_root.s3) == [uri]
+    fs, path = storage.filesystem(uri, storage_root.s3)
+    pf = pq.ParquetFile(path, filesystem=fs)  # what a training pipeline does per file
+    assert shards.check_shard_metadata(pf.metadata.metadata, uri) == 1
+    records = [rec for g in range(pf.num_row_groups) for rec in pf.read_row_group(g).to_pylist()]
+    assert records == shards.read_shard(uri, s3=storage_root.s3).to_pylist()
+    for rec, (row, depth, valid) in zip(records, rows):
+        assert len(rec["depth"]) == 2 * 48 * 64
+        sample = shards.decode_sample(rec)
+        mask = np.ones((48, 64), bool) if valid is None else valid
+        assert np.array_equal(sample.valid, mask)
+        assert _rel_err(sample.depth[mask], depth[mask]).max() <= REL_TOL
+        assert sample.key == row["key"] and sample.depth_type == "metric_depth"
+
+
+def test_mixed_cells_and_rewritten_v1_tables():
+    """A v2 file may hold v1 cells (copied rows): they decode, and Parquet keeps compressing them."""
+    v1_row, v1_depth, _ = _v1_row(0)
+    v2_row, v2_depth, _ = _row(1)
+    buf = shards.table_to_parquet_bytes(shards.rows_to_table([v1_row, v2_row]))
+    pf = pq.ParquetFile(pa.BufferReader(buf))
+    assert shards.check_shard_metadata(pf.metadata.metadata, "mixed") == 2
+    assert pf.metadata.row_group(0).column(pf.schema_arrow.names.index("depth")).compression == "ZSTD"
+    a, b = (shards.decode_sample(r) for r in pf.read().to_pylist())
+    assert _rel_err(a.depth, v1_depth).max() <= REL_TOL and _rel_err(b.depth, v2_depth).max() <= METRIC_TOL
+    # a table read from a v1 file and written again stays marked version 1
+    v1_table = shards.rows_to_table([v1_row]).replace_schema_metadata({b"depthlib.shard_version": b"1"})
+    again = pq.ParquetFile(pa.BufferReader(shards.table_to_parquet_bytes(v1_table)))
+    assert shards.check_shard_metadata(again.metadata.metadata, "again") == 1
+
+
+def test_damaged_or_mislabelled_cells_are_refused():
+    row = dict(_row(0)[0])
+    with pytest.raises(ValueError, match="depth_type is 'disparity' but its label blob holds 'metric_depth'"):
+        shards.decode_row_depth({**row, "depth_type": "disparity"})
+    with pytest.raises(ValueError, match="CRC"):
+        shards.decode_sample({**row, "depth": row["depth"][:-1] + bytes([row["depth"][-1] ^ 1])})
+    with pytest.raises(ValueError, match="not a depthlib label blob"):
+        shards.decode_sample({**row, "depth": b"\0" * 17})
+    with pytest.raises(ValueError, match="expected 48x65"):
+        shards.decode_sample({**row, "width": 65})
 
 
 def test_unknown_or_missing_shard_version_is_refused(storage_root):
     table = shards.rows_to_table([_row(0)[0]])
     future = storage.join(storage_root.uri, "future.parquet")
     sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata({b"depthlib.shard_version": b"2"}), sink)
+    pq.write_table(table.replace_schema_metadata({b"depthlib.shard_version": b"3"}), sink)
     storage.write_bytes(future, sink.getvalue())
-    with pytest.raises(ShardVersionError, match=r"future\.parquet has shard version '2'.*supports version 1"):
+    with pytest.raises(ShardVersionError, match=r"future\.parquet has shard version '3'.*supports versions 1 and 2"):
         shards.read_shard(future)
+    for version in (b"1", b"2"):
+        assert shards.check_shard_metadata({b"depthlib.shard_version": version}, "f") == int(version)
+    with pytest.raises(ShardVersionError, match="version '2.0'"):
+        shards.check_shard_metadata({b"depthlib.shard_version": b"2.0"}, "f")
 
     plain = storage.join(storage_root.uri, "plain.parquet")
     sink = pa.BufferOutputStream()
