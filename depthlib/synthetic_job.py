@@ -151,6 +151,7 @@ def render_task(config: MakeSyntheticConfig, task: int) -> dict:
             writer.add(shards.make_row(
                 scene_key(i), image, config.image_format, scene.depth, depth_type="metric_depth",
                 kind="synthetic", valid=scene.valid, image_size=(config.height, config.width),
+                tolerance=1e-4,  # exact rendered depth: 1e-4 relative (the metric default is 1e-3)
                 provenance={"generator": "depthlib.synthetic", "seed": seed, "style": config.style,
                             "depth": "planar_z_metres",
                             "intrinsics": [[round(float(v), 6) for v in row] for row in scene.intrinsics]}))
