@@ -224,7 +224,7 @@ def gradient_matching_loss(pred: Tensor, target: Tensor, mask: Tensor, scales: i
 
 def relative_depth_loss(pred: Tensor, target: Tensor, mask: Tensor, ssi_weight: float = 1.0,
                         gm_weight: float = 2.0, trim: float = 0.0,
-                        method: str = "lstsq") -> dict[str, Tensor]:
+                        method: str = "lstsq", reduction: str = "mean") -> dict[str, Tensor]:
     """The Depth Anything relative-depth objective on DISPARITY.
 
     ``loss = ssi_weight * ssi + gm_weight * gm`` with the published 1:2
@@ -235,16 +235,24 @@ def relative_depth_loss(pred: Tensor, target: Tensor, mask: Tensor, ssi_weight: 
     Args:
         pred, target: ``B x H x W`` disparity; mask: ``B x H x W`` bool.
 
+        reduction: ``"mean"`` (0-dim, each term averaged over the images
+            with valid pixels) or ``"none"`` (per image, shape ``B``; 0 for
+            images without valid pixels).
+
     Returns:
-        ``{"loss", "ssi", "gm"}``, 0-dim tensors; ``ssi`` and ``gm`` unweighted.
+        ``{"loss", "ssi", "gm"}``; ``ssi`` and ``gm`` unweighted.
     """
     _check_method(method)
+    _check_reduction(reduction)
     if not 0.0 <= trim < 1.0:
         raise ValueError(f"trim must be in [0, 1), got {trim}")
     pred, target, mask = _prepare(pred, target, mask)
     a, b = _aligned_pair(pred, target, mask, method)
-    ssi = _batch_mean(_ssi_per_image(a, b, mask, trim), mask.flatten(1).any(dim=1))
-    gm = _reduce_gradient(*_gradient_per_image(a - b, mask, 4), "mean")
+    ssi = _ssi_per_image(a, b, mask, trim)
+    gm = _gradient_per_image(a - b, mask, 4)
+    if reduction == "mean":
+        ssi = _batch_mean(ssi, mask.flatten(1).any(dim=1))
+    gm = _reduce_gradient(*gm, reduction)
     return {"loss": ssi_weight * ssi + gm_weight * gm, "ssi": ssi, "gm": gm}
 
 

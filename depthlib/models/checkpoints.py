@@ -114,11 +114,17 @@ def load_released(path_or_uri: str | Path, encoder: str, metric: bool = False, m
     return model.eval()
 
 
+def released_bytes(state: dict[str, torch.Tensor], encoder: str) -> bytes:
+    """A ``DepthAnythingV2.state_dict()`` as the bytes of a released-format
+    ``.pth`` (float32 on CPU, released key layout)."""
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in state.items()}
+    buf = io.BytesIO()
+    torch.save(model_state_to_released(state, encoder), buf)
+    return buf.getvalue()
+
+
 def export_released(model: DepthAnythingV2, path_or_uri: str | Path) -> None:
     """Write ``model`` as a released-format state dict (float32 on CPU), loadable
     with ``load_state_dict(strict=True)`` by the official Depth-Anything-V2 code."""
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
-    buf = io.BytesIO()
-    torch.save(model_state_to_released(state, model.encoder), buf)
-    storage.write_bytes(str(path_or_uri), buf.getvalue())
+    storage.write_bytes(str(path_or_uri), released_bytes(model.state_dict(), model.encoder))

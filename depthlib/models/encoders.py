@@ -16,6 +16,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from depthlib.models.specs import PATCH_SIZE, PRETRAIN_GRID, ModelSpec
 
@@ -74,6 +75,9 @@ class DinoV2Encoder(nn.Module):
         # Unused by depth estimation; kept so released checkpoints round-trip
         # exactly and exports load strictly in the official code.
         self.register_buffer("mask_token", torch.zeros(1, self.embed_dim))
+        # Recompute each block in backward instead of keeping its activations
+        # (training memory for ViT-L/G); timm's ``set_grad_checkpointing``.
+        self.grad_checkpointing = False
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens with the class token prepended and position embeddings added: ``B x (1+N) x C``."""
@@ -95,8 +99,9 @@ class DinoV2Encoder(nn.Module):
         wanted = set(layers)
         found: dict[int, torch.Tensor] = {}
         last = max(layers)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            t = blk(t)
+            t = checkpoint(blk, t, use_reentrant=False) if recompute else blk(t)
             if i in wanted:
                 found[i] = t
             if i == last:

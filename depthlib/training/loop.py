@@ -1,0 +1,398 @@
+"""The one training loop (Ray Train worker function) for the teacher, student and metric stages.
+
+``train_worker(loop_config)`` runs in every Ray Train worker. It builds the
+model and the stage's objective, restores the latest checkpoint if there is
+one (``ray.train.get_checkpoint()``), then steps until ``--steps``:
+
+    for each optimiser step:
+        grad_accum x (batch from Ray Data -> forward under autocast -> loss -> backward)
+        clip, step, schedule
+        every --log-every:         a metrics row (loss terms averaged over workers)
+        every --val-every:         validation on every worker's share, all-reduced
+        every --checkpoint-every:  data position merged over workers, checkpoint
+        each of these is one ray.train.report (a barrier every rank calls alike)
+
+Rank 0 writes metrics.jsonl, gauges, trackers, curves.png, samples/ and, at
+the end, model.pth. What differs between stages is chosen in
+``depthlib.training.objectives``; nothing here branches on the stage except
+through that table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from depthlib import storage
+from depthlib.evaluation.protocol import Protocol, score, valid_pixels
+from depthlib.inference import autocast_for, predict_images
+from depthlib.models import build_model
+from depthlib.models.specs import get_spec
+from depthlib.training import records
+from depthlib.training.config import TrainConfig
+from depthlib.training.data import load_validation_rows
+from depthlib.training.objectives import STAGES, MetricObjective, RelativeObjective
+from depthlib.training.optim import make_optimizer, make_scheduler
+from depthlib.training.plan import ConsumptionLedger, GroupPlan
+from depthlib.training.state import (TrainState, read_checkpoint_dir, set_rng_state, write_checkpoint_dir,
+                                     write_run_state)
+from depthlib.training.weights import frozen_encoder, initialise
+from depthlib.transforms import normalize
+
+FINAL_MODEL = "model.pth"
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _all_gather(obj):
+    if not _distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rebatch(batches, batch_size: int, keep):
+    """Batches of exactly ``batch_size`` rows from ``batches`` (dicts of
+    tensors), dropping rows where ``keep(batch)`` (a bool tensor) is False.
+    Batches that keep every row pass through unchanged."""
+    pending: list[dict] = []
+    n_pending = 0
+    for batch in batches:
+        mask = keep(batch)
+        if not bool(mask.all()):
+            batch = {k: v[mask] for k, v in batch.items()}
+        n = len(batch["group"])
+        if n == batch_size and not pending:
+            yield batch
+            continue
+        if n:
+            pending.append(batch)
+            n_pending += n
+        while n_pending >= batch_size:
+            merged = {k: torch.cat([b[k] for b in pending]) for k in pending[0]}
+            yield {k: v[:batch_size] for k, v in merged.items()}
+            rest = {k: v[batch_size:] for k, v in merged.items()}
+            n_pending -= batch_size
+            pending = [rest] if n_pending else []
+
+
+class Trainer:
+    """One worker's training state and loop (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, plan: GroupPlan, run_name: str):
+        import ray.train
+        import ray.train.torch
+
+        self.cfg = cfg
+        self.plan = plan
+        self.run_name = run_name
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.stage = STAGES[cfg.stage]
+        torch.manual_seed(cfg.seed)
+
+        model = build_model(cfg.encoder, metric=self.stage.metric, max_depth=cfg.max_depth)
+        source = initialise(model, cfg.init_from, cfg.pretrained_encoder, encoder_only=self.stage.metric)
+        self.objective = self._objective(source)
+        model.pretrained.grad_checkpointing = cfg.activation_checkpointing
+
+        self.state = TrainState()
+        ckpt = ray.train.get_checkpoint()
+        restored = None
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                restored = read_checkpoint_dir(d, cfg.encoder)
+            self.state, model_state = restored[0], restored[1]
+            model.load_state_dict(model_state, strict=True)
+        self.raw_model = model.to(self.device)
+        self.model = self._wrap(self.raw_model)
+        self.optimizer = make_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.head_lr_multiplier, cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.warmup_steps, cfg.lr_power)
+        if restored is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, restored[2],
+                                     options=StateDictOptions(full_state_dict=True))
+            self.scheduler.load_state_dict(restored[3])
+            set_rng_state(restored[4])
+        self.ledger = ConsumptionLedger(self.state.position)
+
+        self.protocol = (Protocol(cfg.min_depth, cfg.max_depth, "none") if self.stage.metric
+                         else Protocol(cfg.val_min_depth, cfg.val_max_depth, "disparity"))
+        rows = load_validation_rows(cfg.val_data, cfg.val_limit) if cfg.val_data else []
+        self.val_rows = rows[self.rank::self.world]
+        self.val_per_rank = math.ceil(len(rows) / self.world) if rows else 0
+
+        self.log = self.gauges = self.tracker = None
+        if self.rank == 0:
+            self.log = records.MetricsLog(cfg.output, self.state.history)
+            self.log.flush()  # drop rows of steps this run will redo
+            self.gauges = records.Gauges(run_name, cfg.stage)
+            if cfg.tracker != "none":
+                self.tracker = records.Tracker(cfg.tracker, cfg.output, run_name, cfg.to_dict(), cfg.wandb_project)
+            if restored is not None:
+                print(f"[train] resumed at step {self.state.step} from the latest checkpoint; data from group "
+                      f"{self.state.position.next_group} (skipping {len(self.state.position.skip)} finished "
+                      f"groups after it)", flush=True)
+
+    # ------------------------------------------------------------------ setup
+
+    def _objective(self, weights_source: str | None):
+        cfg = self.cfg
+        if self.stage.metric:
+            return MetricObjective()
+        frozen = None
+        if self.stage.name == "student":
+            uri = cfg.frozen_encoder or weights_source
+            if uri and uri.lower() != "none":
+                frozen = frozen_encoder(uri, cfg.encoder).to(self.device)
+        return RelativeObjective(trim=cfg.trim, frozen_encoder=frozen, feature_weight=cfg.feature_weight,
+                                 feature_margin=cfg.feature_margin, feature_layer=get_spec(cfg.encoder).layers[-1])
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not _distributed():
+            return model
+        if self.cfg.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.pretrained.blocks:
+                fully_shard(block)
+            fully_shard(model)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _sync_context(self, last_micro_step: bool):
+        """Gradient all-reduce only on the last forward of an accumulated step."""
+        if last_micro_step or not _distributed():
+            return nullcontext()
+        if hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        return nullcontext()  # FSDP2: reduce-scatter every micro step (correct, a little slower)
+
+    # ------------------------------------------------------------------ data
+
+    def _batches(self):
+        import ray.train
+
+        it = ray.train.get_dataset_shard("train")
+        start = self.state.position
+        torch_batches = it.iter_torch_batches(batch_size=self.cfg.batch_size, drop_last=True, device=self.device,
+                                              prefetch_batches=2)
+        # Safety net: if the stream started before this checkpoint's position,
+        # drop the groups it already trained on (nothing is dropped normally).
+        return rebatch(torch_batches, self.cfg.batch_size,
+                       lambda b: ~torch.from_numpy(np.isin(b["group"].cpu().numpy(), np.fromiter(
+                           start.skip, np.int64, len(start.skip))) | (b["group"].cpu().numpy() < start.next_group)
+                       ).to(b["group"].device))
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        import ray.train
+
+        cfg = self.cfg
+        if self.state.step >= cfg.steps:
+            ray.train.report({"step": self.state.step, "finished": 1})
+            return
+        batches = self._batches()
+        window: dict[str, float] = defaultdict(float)
+        window_images, t_window = 0, time.time()
+        autocast = autocast_for(self.device, cfg.dtype)
+        while self.state.step < cfg.steps:
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            for micro in range(cfg.grad_accum):
+                batch = next(batches)
+                images = normalize(batch["image"].float().div_(255.0))
+                batch = {"target": batch["target"], "mask": batch["mask"].bool(), "region": batch["region"],
+                         "group": batch["group"], "ok": batch["ok"]}
+                with self._sync_context(micro == cfg.grad_accum - 1):
+                    with autocast:
+                        terms = self.objective(self.model, images, batch)
+                    (terms["loss"] / cfg.grad_accum).backward()
+                for k, v in terms.items():
+                    window[k] += float(v.detach())
+                window["n"] += 1
+                self.ledger.consume(batch["group"].cpu().numpy())
+                self.state.data_skipped += int((batch["ok"] == 0).sum())
+                window_images += len(batch["group"])
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.state.step += 1
+            step = self.state.step
+            final = step == cfg.steps
+            checkpoint_due = final or step % cfg.checkpoint_every == 0
+            validate_due = bool(self.val_per_rank) and (checkpoint_due or step % cfg.val_every == 0)
+            if final or checkpoint_due or validate_due or step % cfg.log_every == 0:
+                row = self._row(window, window_images, time.time() - t_window)
+                if validate_due:
+                    row.update(self.validate(step))
+                self._report(row, checkpoint_due)
+                window, window_images, t_window = defaultdict(float), 0, time.time()
+        self._finish()
+
+    def _row(self, window: dict[str, float], images: int, seconds: float) -> dict:
+        """The log row of the steps since the last report, averaged over all workers."""
+        keys = sorted(k for k in window if k != "n")
+        sums = _all_reduce_sum([window[k] for k in keys] + [window["n"], float(images)], self.device)
+        n, images_all = sums[-2], sums[-1]
+        row = {"step": self.state.step, "time": time.time(),
+               "epoch": round(self.ledger.start.next_group / self.plan.groups_per_epoch, 4),
+               "lr": self.optimizer.param_groups[0]["lr"], "lr_head": self.optimizer.param_groups[1]["lr"],
+               "images_per_s": images_all / max(seconds, 1e-9),
+               "data_skipped": int(_all_reduce_sum([float(self.state.data_skipped)], self.device)[0])}
+        row.update({k: s / max(n, 1) for k, s in zip(keys, sums)})
+        return row
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict:
+        """Validation metrics (mean over all held-out images, all workers) with the
+        evaluation protocol; rank 0 also draws ``samples/step-<step>.png``."""
+        self.raw_model.eval()
+        names = ("abs_rel", "d1", "d2", "d3", "rmse", "silog")
+        sums, count = [0.0] * len(names), 0
+        pictures = []
+        # Every rank runs the same number of forward passes (FSDP gathers weights in each).
+        for i in range(self.val_per_rank):
+            row = self.val_rows[min(i, len(self.val_rows) - 1)] if self.val_rows else None
+            if row is None:
+                continue
+            image, depth, valid = row.decode()
+            pred = predict_images(self.model if self.cfg.fsdp else self.raw_model, [image], input_size=self.cfg.crop,
+                                  dtype=self.cfg.dtype, sizes=[depth.shape])[0]
+            if i >= len(self.val_rows):
+                continue  # padding pass
+            gt, mask = torch.from_numpy(depth), torch.from_numpy(valid)
+            if not bool(valid_pixels(gt, mask, self.protocol).any()):
+                continue
+            m = score(torch.from_numpy(pred)[None], gt[None], mask[None], self.protocol)
+            sums = [s + float(m[k][0]) for s, k in zip(sums, names)]
+            count += 1
+            if self.rank == 0 and len(pictures) < self.cfg.samples:
+                pictures.append((image, pred, depth, valid))
+        totals = _all_reduce_sum(sums + [float(count)], self.device)
+        n = totals[-1]
+        if self.rank == 0 and pictures:
+            grid = records.samples_grid(*map(list, zip(*pictures)), metric=self.stage.metric)
+            from depthlib.visualize import to_png
+
+            storage.write_bytes(storage.join(self.cfg.output, "samples", f"step-{step:08d}.png"), to_png(grid))
+        if n == 0:
+            return {}
+        return {f"val_{k}": s / n for k, s in zip(names, totals)} | {"val_images": int(n)}
+
+    # ------------------------------------------------------------------ reports and checkpoints
+
+    def _full_states(self) -> tuple[dict, dict]:
+        """Model and optimiser state dicts, whole, on CPU (a collective under FSDP; every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(self.model, options=options),
+                get_optimizer_state_dict(self.model, self.optimizer, options=options))
+
+    def _report(self, row: dict, checkpoint_due: bool) -> None:
+        import ray.train
+
+        if "val_abs_rel" in row:
+            best = self.state.best_val_abs_rel
+            self.state.best_val_abs_rel = row["val_abs_rel"] if best is None else min(best, row["val_abs_rel"])
+        if self.rank == 0:
+            self.state.history.append(row)
+            self._print(row)
+            self.gauges.set(row)
+            if self.tracker:
+                self.tracker.log(row)
+        if not checkpoint_due:
+            if self.rank == 0:
+                self.log.add(row)
+            ray.train.report(row)
+            return
+        self.state.position = self.ledger.merge(_all_gather(self.ledger.counts), self.plan.group_rows)
+        model_state, optim_state = self._full_states()
+        directory = None
+        if self.rank == 0:
+            directory = tempfile.mkdtemp(prefix="depthlib-ckpt-")
+            write_checkpoint_dir(directory, model_state=model_state, encoder=self.cfg.encoder,
+                                 optimizer_state=optim_state, scheduler_state=self.scheduler.state_dict(),
+                                 state=self.state, config=self.cfg.to_dict())
+            self.log.rows = list(self.state.history)
+            self.log.flush()
+            if self.tracker:
+                self.tracker.flush()
+            self._curves()
+        try:
+            checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+            ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"step-{self.state.step:08d}")
+        finally:
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _print(self, row: dict) -> None:
+        terms = " ".join(f"{k} {row[k]:.4f}" for k in ("loss", "ssi", "gm", "feat", "silog") if k in row)
+        line = (f"[train] step {row['step']}/{self.cfg.steps} {terms} lr {row['lr']:.2e} "
+                f"{row['images_per_s']:.1f} img/s epoch {row['epoch']:.2f}")
+        if "val_abs_rel" in row:
+            line += f" | val AbsRel {row['val_abs_rel']:.4f} d1 {row['val_d1']:.4f} ({row['val_images']} images)"
+        if row.get("data_skipped"):
+            line += f" | {row['data_skipped']} bad rows skipped"
+        print(line, flush=True)
+
+    def _curves(self) -> None:
+        png = records.curves_png(self.state.history, f"{self.cfg.stage} {self.cfg.encoder} - {self.run_name}")
+        storage.write_bytes(storage.join(self.cfg.output, records.CURVES_FILE), png)
+
+    def _finish(self) -> None:
+        """``model.pth`` (released format) and the run state, by rank 0."""
+        from depthlib.models import released_bytes
+
+        model_state, _ = self._full_states()
+        if self.rank != 0:
+            return
+        storage.write_bytes(storage.join(self.cfg.output, FINAL_MODEL), released_bytes(model_state, self.cfg.encoder))
+        write_run_state(self.cfg.output, {"finished_step": self.state.step, "best_val_abs_rel":
+                                          self.state.best_val_abs_rel, "data_skipped": self.state.data_skipped,
+                                          "final": self.state.history[-1] if self.state.history else {}})
+        if self.tracker:
+            self.tracker.close()
+        print(f"[train] finished at step {self.state.step}: {storage.redact(self.cfg.output)}/{FINAL_MODEL}",
+              flush=True)
+
+
+def train_worker(loop_config: dict) -> None:
+    """Ray Train's per-worker function: ``{"config": TrainConfig fields, "plan": ObjectRef, "run_name", "s3"}``."""
+    import ray
+
+    storage.set_default_s3(loop_config.get("s3"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg = TrainConfig(**loop_config["config"])
+    plan = ray.get(loop_config["plan"])
+    Trainer(cfg, plan, loop_config["run_name"]).run()

@@ -1,0 +1,106 @@
+"""What differs between the teacher, student and metric stages: target, loss, validation.
+
+The training loop is the same for all three (``depthlib.training.loop``); a
+:class:`Stage` picks the small pieces:
+
+=========  ==================  ===============================================  ==============
+stage      target (examples)   objective                                         validation
+=========  ==================  ===============================================  ==============
+teacher    1/depth (disparity) ssi + 2 gm                                        zero-shot, AbsRel
+student    pseudo disparity    ssi (largest 10% ignored) + 2 gm, per CutMix       zero-shot, AbsRel
+                               region; + feature alignment to a frozen encoder
+metric     depth, metres       SiLog (lambda 0.5) on (min_depth, max_depth)      metres, AbsRel
+=========  ==================  ===============================================  ==============
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from depthlib.losses import feature_alignment_loss, relative_depth_loss, silog_loss
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    target: str  # an ``examples.TargetKind``
+    metric: bool  # metric head (sigmoid x max_depth) and validation in metres
+
+
+STAGES = {
+    "teacher": Stage("teacher", "inverse_depth", metric=False),
+    "student": Stage("student", "disparity", metric=False),
+    "metric": Stage("metric", "metric_depth", metric=True),
+}
+
+
+def region_relative_loss(pred: Tensor, target: Tensor, mask: Tensor, region: Tensor,
+                         trim: float) -> dict[str, Tensor]:
+    """SSI + gradient matching (1:2) with each CutMix region aligned on its own.
+
+    ``region``: ``B x H x W``, 1 inside a pasted box. Per image, the loss of
+    the pixels outside and inside the box are weighted by their share of the
+    valid pixels; images without a box get the plain loss. Mean over images
+    with valid pixels. Without any box this equals ``relative_depth_loss``.
+    """
+    inside = region.bool()
+    if not bool(inside.any()):
+        return relative_depth_loss(pred, target, mask, trim=trim)
+    outer = relative_depth_loss(pred, target, mask & ~inside, trim=trim, reduction="none")
+    inner = relative_depth_loss(pred, target, mask & inside, trim=trim, reduction="none")
+    n_in = (mask & inside).flatten(1).sum(1).float()
+    n_all = mask.flatten(1).sum(1).float()
+    w_in = n_in / n_all.clamp_min(1)
+    has = n_all > 0
+    denom = has.sum().clamp_min(1)
+    return {k: (((1 - w_in) * outer[k] + w_in * inner[k]) * has).sum() / denom for k in ("loss", "ssi", "gm")}
+
+
+class RelativeObjective:
+    """Teacher and student loss on DISPARITY.
+
+    ``frozen_encoder``: a frozen DINOv2 encoder (``DinoV2Encoder``) for the
+    student's feature-alignment loss on the deepest layer the head reads, or
+    None (off). ``trim``: share of largest per-pixel ssi errors ignored.
+    """
+
+    def __init__(self, trim: float = 0.0, frozen_encoder: torch.nn.Module | None = None,
+                 feature_weight: float = 1.0, feature_margin: float = 0.85, feature_layer: int | None = None):
+        self.trim = trim
+        self.frozen = frozen_encoder
+        self.feature_weight = feature_weight
+        self.feature_margin = feature_margin
+        self.feature_layer = feature_layer
+        if frozen_encoder is not None:
+            frozen_encoder.eval().requires_grad_(False)
+
+    def __call__(self, model, images: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``images``: ``B x 3 x C x C`` normalised; ``batch``: ``target``, ``mask``, ``region``.
+        Returns ``{"loss", "ssi", "gm"[, "feat"]}`` (0-dim)."""
+        if self.frozen is None:
+            pred = model(images)
+            return region_relative_loss(pred, batch["target"], batch["mask"], batch["region"], self.trim)
+        pred, feats = model(images, return_features=True)
+        terms = region_relative_loss(pred, batch["target"], batch["mask"], batch["region"], self.trim)
+        with torch.no_grad():
+            frozen = self.frozen.intermediate_layers(images, (self.feature_layer,))[0][0]
+        feat = feature_alignment_loss(feats[-1][0], frozen, self.feature_margin)
+        terms["feat"] = feat
+        terms["loss"] = terms["loss"] + self.feature_weight * feat
+        return terms
+
+
+class MetricObjective:
+    """Metric fine-tuning: SiLog on DEPTH in metres over the valid pixels (mask
+    already restricted to ``(min_depth, max_depth)`` by the examples)."""
+
+    def __init__(self, lambd: float = 0.5):
+        self.lambd = lambd
+
+    def __call__(self, model, images: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        pred = model(images)
+        loss = silog_loss(pred, batch["target"], batch["mask"], lambd=self.lambd)
+        return {"loss": loss, "silog": loss.detach()}

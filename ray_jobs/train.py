@@ -1,0 +1,35 @@
+"""Train a Depth Anything V2 teacher, student or metric model with Ray Train.
+
+    python ray_jobs/train.py --stage teacher --data s3://bucket/synthetic/shards \
+        --val-data s3://bucket/synthetic-val/shards --output s3://bucket/runs/teacher-vitl \
+        --preset teacher_vitl --workers 8
+
+or through ``ray job submit --working-dir . -- python ray_jobs/train.py ...``.
+Settings: dataclass defaults < ``--preset NAME`` < ``--config FILE.yaml`` <
+flags (``--help`` lists them all). Re-run the same command to resume from
+the latest checkpoint. Outputs: see ``depthlib/training/job.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
+
+from depthlib.cli import parse_layered_config  # noqa: E402
+from depthlib.training.config import PRESETS, TrainConfig  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    config = parse_layered_config(TrainConfig, argv, PRESETS)
+    import ray
+
+    from depthlib.training.job import run_training
+
+    ray.init()  # joins RAY_ADDRESS (set by `ray job submit`) or starts a local cluster
+    return run_training(config)
+
+
+if __name__ == "__main__":
+    main()
