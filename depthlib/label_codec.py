@@ -32,7 +32,8 @@ What is stored (and why) -- measured in ``benchmarks/label_codec.py``:
    (``c[i,j] - c[i,j-1]``), ``up`` (``c[i,j] - c[i-1,j]``) or ``grad``
    (``c - left - up + upleft``, zero on any plane, as disparity of a planar
    surface is affine in pixel coordinates). Decoding is one or two cumulative
-   sums (exact, int32 arithmetic modulo 2**32).
+   sums, exact: the arithmetic wraps modulo 2**16 when every code fits in 16
+   bits (the usual case: about 5000 levels), else modulo 2**32.
 3. **Byte planes.** Residuals are zig-zag mapped (0, -1, 1, -2, ... -> 0, 1,
    2, 3, ...) and split into 1-4 byte planes (low bytes of all pixels, then
    the next byte, ...), as many as the largest residual needs: the low plane
@@ -85,6 +86,8 @@ _MARGIN = 2.0 ** -21
 _F32_SAFE_SCALE = 1e-30
 # Below this step (near float32's subnormals), decode in float64.
 _F32_SAFE_STEP = 1e-36
+# Codes below this are predicted in 16-bit arithmetic (modulo 2**16).
+_WIDE = 1 << 16
 
 # magic, blob version, quantiser, predictor, planes, height, width, tolerance,
 # step, k0, max_code, payload bytes, crc32 of the payload
@@ -151,14 +154,16 @@ def _check_map(label: np.ndarray) -> np.ndarray:
         raise ValueError(f"label map must hold real numbers, got dtype {a.dtype}")
     if not np.issubdtype(a.dtype, np.floating) or a.dtype.itemsize > 8:
         a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError("label map contains NaN or inf; mask those pixels (set them to 0 and mark "
-                         "them invalid) before encoding")
     return np.ascontiguousarray(a)
 
 
 def _scale(a: np.ndarray) -> float:
-    scale = max(float(a.max()), -float(a.min()))
+    """max|a|; raises for NaN or inf (either makes max or min non-finite) and for huge values."""
+    top, bottom = float(a.max()), float(a.min())
+    if not (math.isfinite(top) and math.isfinite(bottom)):
+        raise ValueError("label map contains NaN or inf; mask those pixels (set them to 0 and mark "
+                         "them invalid) before encoding")
+    scale = max(top, -bottom)
     if scale >= MAX_VALUE:
         raise ValueError(f"label values must have magnitude below {MAX_VALUE:g}, got {scale:g}")
     return scale
@@ -189,16 +194,19 @@ def _quantise_log(a: np.ndarray, tol: float) -> tuple[np.ndarray, float, int]:
     _scale(a)
     step = 2.0 * (math.log1p(tol) - _MARGIN)
     positive = a > 0
-    codes = np.zeros(a.shape, np.int32)
-    if not positive.any():
-        return codes, step, 0
-    values = a[positive]
-    k = np.log(values, dtype=np.float64)
+    n_positive = int(np.count_nonzero(positive))
+    if n_positive == 0:
+        return np.zeros(a.shape, np.int32), step, 0
+    everywhere = n_positive == a.size
+    k = np.log(a if everywhere else a[positive], dtype=np.float64)
     k *= 1.0 / step
     np.rint(k, out=k)
     k = k.astype(np.int32)
     k0 = int(k.min())
     k -= np.int32(k0 - 1)
+    if everywhere:
+        return k, step, k0
+    codes = np.zeros(a.shape, np.int32)
     codes[positive] = k
     return codes, step, k0
 
@@ -256,7 +264,7 @@ def choose_predictor(codes: np.ndarray) -> str:
 
 
 def _residuals(c: np.ndarray, predictor: str) -> np.ndarray:
-    """int32 residuals, H x W (wrapping arithmetic), inverted by :func:`_integrate`.
+    """Residuals, H x W, of c's integer type (wrapping arithmetic), inverted by :func:`_integrate`.
 
     Pixels outside the map count as 0 for ``grad``; for ``left`` the first
     column, for ``up`` the first row is differenced along itself instead.
@@ -304,11 +312,12 @@ def _integrate(r: np.ndarray, predictor: str) -> np.ndarray:
 
 
 def _to_planes(r: np.ndarray) -> tuple[int, np.ndarray]:
-    """Zig-zag residuals split into byte planes: (planes, planes x N uint8)."""
-    z = (r << 1) ^ (r >> 31)
-    z = z.view(np.uint32).ravel()
+    """Zig-zag residuals (int16 or int32) split into byte planes: (planes, planes x N uint8)."""
+    bits = 8 * r.dtype.itemsize
+    z = (r << 1) ^ (r >> (bits - 1))
+    z = z.view(np.uint16 if bits == 16 else np.uint32).ravel()
     planes = max(1, (int(z.max()).bit_length() + 7) // 8)
-    if planes <= 2:
+    if planes <= 2 and bits == 32:
         z = z.astype(np.uint16)
     out = np.empty((planes, z.size), np.uint8)
     out[0] = z  # the low byte
@@ -365,6 +374,8 @@ def encode_label(label: np.ndarray, kind: str, tolerance: float | None = None, *
         codes, step, k0 = _quantise_log(a, tol)
     max_code = int(codes.max())
     predictor = predictor or choose_predictor(codes)
+    if max_code < _WIDE:  # the usual case: residuals modulo 2**16, half the memory traffic
+        codes = codes.astype(np.int16)
     planes, raw = _to_planes(_residuals(codes, predictor))
     payload = _zstd(int(level)).compress(raw, asbytes=True)
     header = _HEADER.pack(MAGIC, BLOB_VERSION, quantiser, _PRED_ID[predictor], planes, height, width,
@@ -426,5 +437,7 @@ def decode_label(data: bytes, height: int | None = None, width: int | None = Non
         raise ValueError("label blob is corrupt (wrong decompressed size)")
     r = _from_planes(raw, info.planes, (info.height, info.width))
     codes = _integrate(r, info.predictor)
+    if info.max_code < _WIDE:  # residuals were taken modulo 2**16
+        codes &= np.int32(_WIDE - 1)
     quantiser = _QUANTISER[info.kind]
     return _dequantise(codes, quantiser, info.step, info.k0, info.max_code)
