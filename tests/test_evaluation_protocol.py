@@ -13,7 +13,7 @@ import torch
 from torch.testing import assert_close
 
 from depthlib.evaluation.protocol import (Protocol, crop_box, crop_mask, kitti_benchmark_crop, mean_scores,
-                                          pairs_correct, predicted_depth, score, valid_pixels)
+                                          pairs_correct, predicted_depth, score, score_and_depth, valid_pixels)
 from depthlib.metrics import METRIC_NAMES, depth_metrics, evaluate_relative
 
 
@@ -88,6 +88,9 @@ def test_score_measures_predicted_depth_over_valid_pixels():
     for p in (Protocol(0.8, 7.0), Protocol(0.8, 7.0, "depth"), Protocol(0.8, 7.0, "none")):
         valid = valid_pixels(depth, mask, p)
         assert_close(score(pred, depth, mask, p), depth_metrics(predicted_depth(pred, depth, mask, p), depth, valid))
+        metrics, measured = score_and_depth(pred[0], depth[0], mask[0], p)
+        assert_close(measured, predicted_depth(pred, depth, mask, p)[0])
+        assert_close(metrics, {k: v[0] for k, v in score(pred, depth, mask, p).items()})
 
 
 def test_non_finite_ground_truth_is_invalid_not_nan():

@@ -6,6 +6,6 @@ Ray Data evaluation job with its report.
 (``depthlib.evaluation.job.run_evaluation``) is imported on its own.
 """
 
-from depthlib.evaluation.protocol import Protocol, mean_scores, predicted_depth, score, valid_pixels
+from depthlib.evaluation.protocol import Protocol, mean_scores, predicted_depth, score, score_and_depth, valid_pixels
 
-__all__ = ["Protocol", "mean_scores", "predicted_depth", "score", "valid_pixels"]
+__all__ = ["Protocol", "mean_scores", "predicted_depth", "score", "score_and_depth", "valid_pixels"]

@@ -29,6 +29,8 @@ from depthlib.evaluation.report import DatasetResults, write_report
 from depthlib.evaluation.stages import ReadInputs, ScoreRows, sample_rank
 
 READ_TASK_MEMORY = 1024 * 2**20  # reserves room for decoded images; also keeps reading out of the actor
+# Scoring a full-resolution ETH3D map (4032 x 6048) peaks at about 2.5 GB (float64 metrics).
+SCORE_TASK_MEMORY = 3 * 2**30
 INFERENCE = ("released path: shorter side to the input size, sides rounded to multiples of 14, bicubic, "
              "ImageNet normalisation; output resized to the ground truth's size, bilinear, align_corners=True")
 
@@ -99,7 +101,7 @@ def _build_dataset(config: EvaluateConfig, items: list[dict], protocols: dict[st
             compute=ray.data.ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
             batch_size=None, batch_format="numpy", zero_copy_batch=True, num_gpus=gpus, num_cpus=cpus)
     return ds.map_batches(ScoreRows(protocols, config.metric, s3), batch_size=None, batch_format="numpy",
-                          num_cpus=0.5)
+                          num_cpus=0.5, memory=SCORE_TASK_MEMORY)
 
 
 def run_evaluation(config: EvaluateConfig, log=print) -> dict:

@@ -210,11 +210,20 @@ def score(pred: Tensor, gt_depth: Tensor, mask: Tensor, protocol: Protocol) -> d
         mean over images. Raises ``ValueError`` if an image has no valid pixel;
         callers skip such images (:func:`valid_pixels` tells which).
     """
+    return score_and_depth(pred, gt_depth, mask, protocol)[0]
+
+
+def score_and_depth(pred: Tensor, gt_depth: Tensor, mask: Tensor,
+                    protocol: Protocol) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`score` and the :func:`predicted_depth` map it measured (for error maps), computed once."""
     unbatched, (pred, gt_depth, mask) = _batch(pred, gt_depth, mask)
     gt_depth = torch.nan_to_num(gt_depth.float(), nan=0.0, posinf=0.0, neginf=0.0)
     valid = valid_pixels(gt_depth, mask, protocol)
-    out = depth_metrics(predicted_depth(pred, gt_depth, mask, protocol), gt_depth, valid)
-    return {k: v[0] for k, v in out.items()} if unbatched else out
+    depth = predicted_depth(pred, gt_depth, mask, protocol)
+    out = depth_metrics(depth, gt_depth, valid)
+    if unbatched:
+        return {k: v[0] for k, v in out.items()}, depth[0]
+    return out, depth
 
 
 def mean_scores(per_image: list[dict[str, Tensor]]) -> dict[str, float]:

@@ -31,8 +31,7 @@ import numpy as np
 from depthlib import storage
 from depthlib.evaluation import pictures
 from depthlib.evaluation.datasets import GroundTruthError, decode_ground_truth, decode_npy
-from depthlib.evaluation.protocol import Protocol, kitti_benchmark_crop, pairs_correct, predicted_depth, score, \
-    valid_pixels
+from depthlib.evaluation.protocol import Protocol, kitti_benchmark_crop, pairs_correct, score_and_depth, valid_pixels
 from depthlib.evaluation.sources import FileReadError, Locator, read_locator
 from depthlib.images import ImageDecodeError, decode_image
 from depthlib.pseudo_label.stages import model_input, rows_to_batch, shape_groups
@@ -256,9 +255,9 @@ class ScoreRows:
         if n_valid == 0:
             raise _Skip("no_valid_pixels", f"{row['key']}: no ground-truth pixel in ({protocol.min_depth}, "
                                            f"{protocol.max_depth}) m{' inside the ' + protocol.crop + ' crop' if protocol.crop else ''}")
-        metrics = {k: float(v) for k, v in score(pred, gt_t, mask_t, protocol).items()}
-        depth = predicted_depth(pred, gt_t, mask_t, protocol).numpy()
-        preview = pictures.png(pictures.depth_strip(thumb, depth, gt, valid.numpy()))
+        metrics, depth = score_and_depth(pred, gt_t, mask_t, protocol)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        preview = pictures.png(pictures.depth_strip(thumb, depth.numpy(), gt, valid.numpy()))
         return {**metrics, "n_valid": n_valid}, preview
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
