@@ -175,6 +175,13 @@ def test_plans_name_missing_and_malformed_files(bench, tmp_path):
     plan = plan_dataset("kitti", str(bench.root / "kitti"), str(bench.splits["kitti"]))
     missing = [s for s in plan.samples if s.get("error")]
     assert plan.n_no_gt == 1 and len(missing) == 1 and "0000000098.png" in missing[0]["detail"]
+    # A copy that wraps everything in one folder is read with the same split list.
+    import shutil
+
+    shutil.copytree(bench.root / "nyu", tmp_path / "wrap" / "nyuv2")
+    plan = plan_dataset("nyu", str(pack_tar(tmp_path / "wrap", tmp_path / "wrapped.tar")), str(bench.splits["nyu"]))
+    assert len(plan.samples) == 2 and not any(s.get("error") for s in plan.samples)
+    assert plan.samples[0]["files"]["depth"]["name"].startswith("nyuv2/test/")
     with pytest.raises(DatasetError, match="split list .*nope.txt does not exist"):
         plan_dataset("nyu", str(bench.root / "nyu"), str(tmp_path / "nope.txt"))
     with pytest.raises(DatasetError, match="no sintel samples"):
@@ -428,3 +435,23 @@ def test_model_numbers_equal_the_released_path_plus_protocol(ray_session, bench,
     d = report["datasets"]["da2k"]
     assert d["n_correct"] == correct and d["n_pairs"] == sum(len(v) for v in ann.values())
     assert set(d["by_scene"]) == set(DA2K_SCENES)
+
+
+def test_report_when_every_sample_is_skipped(bench):
+    """A dataset whose samples all fail still gets an entry, a table cell and its errors, never a crash."""
+    from depthlib.evaluation.report import DatasetResults, render_markdown
+
+    plan = plan_dataset("nyu", str(bench.root / "nyu"), str(bench.splits["nyu"]))
+    nyu = DatasetResults(plan, {"alignment": "disparity", "inference": "x", "input_size": 518, "dtype": "fp32"}, 2, 3)
+    da2k = DatasetResults(plan_dataset("da2k", str(bench.root / "da2k")), {"inference": "x"}, 2, 3)
+    for res in (nyu, da2k):
+        for s in res.plan.samples:
+            res.add(s["key"], "truncated", f"{s['key']}: broken", {}, b"", 0)
+    report = {"checkpoint": "c", "encoder": "vits", "input_size": 518, "metric": False, "dtype": "fp32",
+              "finished_at": "now", "depthlib": "0", "wall_s": 1.0,
+              "datasets": {"nyu": nyu.summary(), "da2k": da2k.summary()}}
+    d = report["datasets"]["nyu"]
+    assert d["n_images"] == 0 and d["abs_rel"] is None and d["errors_by_reason"] == {"truncated": 2}
+    assert report["datasets"]["da2k"]["accuracy"] is None
+    md = render_markdown(report)
+    assert "| this checkpoint | **–** / **–** |" in md and "rgb_0000.png` truncated" in md

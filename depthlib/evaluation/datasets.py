@@ -239,7 +239,11 @@ def plan_dataset(name: str, root: str, split: Optional[str] = None, limit: Optio
     if split is not None:
         rows, n_no_gt = parse_split(_read_text(split, "split list"), spec, storage.redact(split))
         rows = [r for r in rows if _in_subset(spec, r[0])]
-        source = source.rooted(rows[0][0]) if rows else source
+        for r in rows[:100]:  # the first image that is there tells where the root is (a wrapping folder)
+            rooted = source.rooted(r[0])
+            if r[0] in rooted:
+                source = rooted
+                break
         how = storage.redact(split)
     else:
         rows, n_no_gt = scan_layout(source.names(), spec, sintel_pass)

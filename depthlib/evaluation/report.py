@@ -110,14 +110,14 @@ class DatasetResults:
                        n_images=len(self.rows),
                        by_scene={s: by_scene_c[s] / by_scene_n[s] for s in sorted(by_scene_n)},
                        pairs_by_scene={s: by_scene_n[s] for s in sorted(by_scene_n)})
-            worst = sorted(self.rows, key=lambda r: (r["n_correct"] / r["n_pairs"], r["key"]))[:self.plan_worst]
+            worst = sorted(self.rows, key=lambda r: (r["n_correct"] / r["n_pairs"], r["key"]))[:self.n_worst]
             out["worst"] = [{"key": r["key"], "accuracy": r["n_correct"] / r["n_pairs"], "n_pairs": r["n_pairs"]}
                             for r in worst]
         else:
             out["n_images"] = len(self.rows)
             for m in METRIC_NAMES:
                 out[m] = sum(r[m] for r in self.rows) / len(self.rows) if self.rows else None
-            worst = sorted(self.rows, key=lambda r: (-r["abs_rel"], r["key"]))[:self.plan_worst]
+            worst = sorted(self.rows, key=lambda r: (-r["abs_rel"], r["key"]))[:self.n_worst]
             out["worst"] = [{"key": r["key"], "abs_rel": r["abs_rel"], "d1": r["d1"]} for r in worst]
         out["protocol"] = self.protocol
         out["n_no_gt"] = self.plan.n_no_gt
@@ -125,10 +125,6 @@ class DatasetResults:
         out["errors_by_reason"] = dict(sorted(_count(e["reason"] for e in self.errors).items()))
         out["errors"] = sorted(self.errors, key=lambda e: e["key"])
         return out
-
-    @property
-    def plan_worst(self) -> int:
-        return self.n_worst
 
     def per_image_csv(self) -> bytes:
         if self.is_da2k:
@@ -214,7 +210,7 @@ def render_markdown(report: dict) -> str:
         if enc not in PAPER_TABLE2 and not metric:
             notes.append(f"The paper has no figures for encoder {enc!r}.")
         lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-    if "da2k" in datasets and "error" not in datasets["da2k"]:
+    if "da2k" in datasets and "error" not in datasets["da2k"] and datasets["da2k"]["n_pairs"]:
         d = datasets["da2k"]
         lines += ["## DA-2K (layout of the paper's Table 3)", ""]
         lines += ["| Method | Accuracy (%) |", "|---|---|"]
