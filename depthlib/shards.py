@@ -291,7 +291,10 @@ _DICTIONARY_COLUMNS = ["image_format", "depth_type", "kind"]
 
 
 def _has_v1_labels(table: pa.Table) -> bool:
-    """Whether any ``depth`` cell is a version 1 label (exactly 2 * H * W bytes)."""
+    """Whether any ``depth`` cell is a version 1 label (exactly 2 * H * W bytes);
+    True when the table lacks the columns to tell."""
+    if not {"depth", "height", "width"} <= set(table.column_names):
+        return True
     if table.num_rows == 0:
         return False
     n = pc.multiply(pc.cast(table.column("height"), pa.int64()), pc.cast(table.column("width"), pa.int64()))
