@@ -1,0 +1,128 @@
+"""The data plan of training: epoch orders, groups, and exact resume positions (pure, no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from depthlib.training.loop import rebatch
+from depthlib.training.plan import ConsumptionLedger, DataPosition, GroupPlan, ShardIndex
+
+
+def _index() -> ShardIndex:
+    # 3 files, 10 row groups, one of them empty (dropped): 9 items, 36 rows
+    return ShardIndex(("a", "b", "c"), ((4, 6, 4), (4, 4, 0), (5, 3, 2, 4)))
+
+
+def test_items_skip_empty_row_groups_and_count_rows():
+    idx = _index()
+    files, rgs, rows = idx.items()
+    assert len(rows) == 9 and rows.sum() == idx.n_rows == 36
+    assert (files[3:5] == [1, 1]).all() and list(rgs[3:5]) == [0, 1]
+    assert ShardIndex.from_dict(idx.to_dict()) == idx
+
+
+def test_every_epoch_visits_every_item_once_in_a_fresh_reproducible_order():
+    plan = GroupPlan(_index(), seed=3, rows_per_group=8)
+    assert plan.items_per_group == 2 and plan.groups_per_epoch == 5
+    orders = []
+    for epoch in range(3):
+        items = np.concatenate([plan.group_items(epoch * 5 + pos) for pos in range(5)])
+        assert sorted(items.tolist()) == list(range(9))  # each item exactly once per epoch
+        orders.append(items.tolist())
+    assert orders[0] != orders[1] != orders[2]
+    again = GroupPlan(_index(), seed=3, rows_per_group=8)
+    assert [again.group_items(g).tolist() for g in range(15)] == [plan.group_items(g).tolist() for g in range(15)]
+    other = GroupPlan(_index(), seed=4, rows_per_group=8)
+    assert [other.group_items(g).tolist() for g in range(5)] != [plan.group_items(g).tolist() for g in range(5)]
+    # rows of an epoch's groups add up to the data
+    assert sum(plan.group_rows(g) for g in range(5, 10)) == 36
+
+
+def test_end_group_covers_the_rows_needed_plus_a_spare_epoch():
+    plan = GroupPlan(_index(), seed=0, rows_per_group=8)
+    start = 7  # epoch 1, position 2
+    end = plan.end_group(start, rows_needed=100)
+    assert sum(plan.group_rows(g) for g in range(start, end)) >= 100 + plan.rows_per_epoch
+
+
+def test_position_is_done_and_round_trip():
+    p = DataPosition(5, frozenset({7, 9}))
+    assert [g for g in range(11) if p.is_done(g)] == [0, 1, 2, 3, 4, 7, 9]
+    assert DataPosition.from_dict(p.to_dict()) == p
+    assert DataPosition.from_dict(None) == DataPosition()
+
+
+def _rows(g: int) -> int:
+    return 4
+
+
+def test_ledger_merges_workers_and_finds_first_unfinished_group():
+    a, b = ConsumptionLedger(DataPosition()), ConsumptionLedger(DataPosition())
+    a.consume([0, 0, 0, 0, 2, 2, 3])  # group 0 whole, group 2 half (split across workers), group 3 one row
+    b.consume([1, 1, 1, 1, 2, 2, 4, 4, 4, 4])  # group 1 whole, group 2 the other half, group 4 whole
+    gathered = [dict(a.counts), dict(b.counts)]  # what all_gather gives every worker
+    pos = a.merge(gathered, _rows)
+    assert pos == DataPosition(3, frozenset({4}))
+    assert b.merge(gathered, _rows) == pos  # every worker computes the same position
+    assert a.counts == {3: 1} and b.counts == {}  # finished groups are forgotten
+    # later: group 3 finishes on worker b; the position moves past 4 (already done)
+    b.consume([3, 3, 3, 5])
+    gathered = [dict(a.counts), dict(b.counts)]
+    assert gathered == [{3: 1}, {3: 3, 5: 1}]
+    pos2 = a.merge(gathered, _rows)
+    assert pos2 == DataPosition(5, frozenset()) == b.merge(gathered, _rows)
+    assert a.counts == {} and b.counts == {5: 1}
+
+
+def test_ledger_starting_from_a_resume_position_keeps_its_skips():
+    start = DataPosition(10, frozenset({12, 13}))
+    led = ConsumptionLedger(start)
+    led.consume([10] * 4 + [11] * 2)
+    assert led.merge([led.counts], _rows) == DataPosition(10 + 1, frozenset({12, 13}))
+    led.consume([11, 11])
+    assert led.merge([led.counts], _rows) == DataPosition(14, frozenset())
+
+
+def test_ledger_refuses_a_stream_that_does_not_match_the_plan():
+    led = ConsumptionLedger(DataPosition())
+    led.consume([0] * 5)
+    with pytest.raises(RuntimeError, match="does not match the plan"):
+        led.merge([led.counts], _rows)
+
+
+def test_resume_replays_in_flight_groups_and_skips_nothing():
+    """Simulate a stream consumed out of order by two workers, a checkpoint,
+    and a restart: every row is trained on at least once, and only rows of
+    groups in flight at the checkpoint twice."""
+    rng = np.random.default_rng(0)
+    rows = {g: int(rng.integers(1, 6)) for g in range(40)}
+    stream = [g for g in range(40) for _ in range(rows[g])]
+    # out-of-order arrival within a window of 3 groups
+    order = sorted(range(len(stream)), key=lambda i: stream[i] + rng.uniform(0, 3))
+    consumed = [stream[i] for i in order[:70]]
+    workers = [ConsumptionLedger(DataPosition()) for _ in range(2)]
+    for i, g in enumerate(consumed):
+        workers[i % 2].consume([g])
+    pos = workers[0].merge([w.counts for w in workers], rows.get)
+    resumed = [g for g in stream if not pos.is_done(g)]
+    seen = consumed + resumed
+    assert all(seen.count(g) >= rows[g] for g in rows)  # nothing skipped
+    replayed = {g for g in rows if seen.count(g) > rows[g]}
+    counts = {g: consumed.count(g) for g in set(consumed)}
+    assert replayed == {g for g, c in counts.items() if 0 < c < rows[g]}  # only partly consumed groups
+
+
+def _batches(groups: list[list[int]]):
+    for gs in groups:
+        g = torch.tensor(gs)
+        yield {"group": g, "x": g * 10}
+
+
+def test_rebatch_passes_full_batches_and_refills_after_drops():
+    out = list(rebatch(_batches([[0, 1, 2], [3, 4, 5]]), 3, lambda b: torch.ones(len(b["group"]), dtype=bool)))
+    assert [b["group"].tolist() for b in out] == [[0, 1, 2], [3, 4, 5]]
+    out = list(rebatch(_batches([[0, 1, 2], [3, 4, 5], [6, 7, 8]]), 3, lambda b: b["group"] % 2 == 0))
+    assert [b["group"].tolist() for b in out] == [[0, 2, 4], [6, 8]][:1]  # the incomplete tail is held back
+    assert [b["x"].tolist() for b in out] == [[0, 20, 40]]
