@@ -109,6 +109,9 @@ class TrainConfig:
     tracker: Literal["none", "tensorboard", "wandb"] = field(default="none", metadata={
         "help": "also log to TensorBoard (<output>/tensorboard) or Weights & Biases (rank 0)"})
     wandb_project: str = field(default="depth-anything-v2", metadata={"help": "W&B project for --tracker wandb"})
+    fail_at_step: Optional[int] = field(default=None, metadata={
+        "help": "fault drill: every worker fails once right after the checkpoint at this step, and the "
+                "run must recover from it (FailureConfig)"})
     preset: Optional[str] = field(default=None, metadata={"help": "the preset these settings started from"})
 
     def __post_init__(self):
@@ -163,7 +166,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({
     "steps", "workers", "gpus_per_worker", "cpus_per_worker", "data_cpus", "grad_accum", "global_batch_size",
     "val_every", "val_limit", "samples", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
-    "tracker", "wandb_project", "preset",
+    "tracker", "wandb_project", "preset", "fail_at_step",
 })
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,8 +31,6 @@ from depthlib import shards, storage
 from depthlib.images import ImageDecodeError
 from depthlib.training.examples import ExampleSpec, apply_cutmix, make_example, placeholder_example
 from depthlib.training.plan import DataPosition, GroupPlan, ShardIndex
-
-log = logging.getLogger(__name__)
 
 INDEX_FILE = "data_index.json"
 ERRORS_DIR = "data_errors"
@@ -216,12 +213,14 @@ def train_dataset(plan_ref, plan: GroupPlan, spec: ExampleSpec, start: DataPosit
     import ray
 
     n = max(1, end_group - start.next_group)
-    bytes_per_row = spec.crop * spec.crop * (3 + 4 + 1 + 1) + 2 * 2**20  # example + decoded source
+    # Memory per task: the process (torch, pyarrow: ~0.5 GiB) plus a group's
+    # examples and their decoded sources.
+    bytes_per_row = spec.crop * spec.crop * (3 + 4 + 1 + 1) + 2 * 2**20
     rows = plan.items_per_group * int(plan.rows_of.max())
     ds = ray.data.range(n, override_num_blocks=min(n, MAX_BLOCKS))
     return ds.map_batches(
         load_groups, batch_size=1, batch_format="numpy", num_cpus=data_cpus,
-        memory=rows * bytes_per_row * 2,
+        memory=2**29 + rows * bytes_per_row,
         fn_kwargs=dict(plan_ref=plan_ref, spec=spec, first_group=start.next_group,
                        skip=frozenset(start.skip), errors_uri=errors_uri, s3=s3))
 
@@ -272,7 +271,3 @@ def load_validation_rows(uri: str, limit: int) -> list[ValidationRow]:
     if not out:
         raise ValueError(f"--val-data {storage.redact(uri)} has no rows")
     return out
-
-
-def first_bytes_digest(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()[:12]

@@ -157,8 +157,7 @@ def apply_cutmix(examples: list[dict[str, np.ndarray]], ok: list[bool], rng: np.
     usable = [i for i, good in enumerate(ok) if good]
     if len(usable) < 2:
         return
-    sources = {i: examples[i] for i in usable}
-    originals = {i: {k: v.copy() for k, v in sources[i].items()} for i in usable}
+    originals = {i: {k: v.copy() for k, v in examples[i].items()} for i in usable}
     for n, i in enumerate(usable):
         if rng.random() >= probability:
             continue

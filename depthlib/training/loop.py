@@ -20,6 +20,7 @@ through that table.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -49,6 +50,10 @@ from depthlib.training.weights import frozen_encoder, initialise
 from depthlib.transforms import normalize
 
 FINAL_MODEL = "model.pth"
+FAILURE_MARKER = "_injected_failure"  # --fail-at-step: fail once, then resume
+
+# Ray Train turns print() in workers into log records AND echoes them; a logger prints once.
+log = logging.getLogger("depthlib.train")
 
 
 def _distributed() -> bool:
@@ -61,6 +66,14 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _all_reduce_max(value: float, device) -> float:
+    if not _distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _all_gather(obj):
@@ -137,12 +150,12 @@ class Trainer:
             self.scheduler.load_state_dict(restored[3])
             set_rng_state(restored[4])
         self.ledger = ConsumptionLedger(self.state.position)
+        self.last_group = self.state.position.next_group
 
         self.protocol = (Protocol(cfg.min_depth, cfg.max_depth, "none") if self.stage.metric
                          else Protocol(cfg.val_min_depth, cfg.val_max_depth, "disparity"))
-        rows = load_validation_rows(cfg.val_data, cfg.val_limit) if cfg.val_data else []
-        self.val_rows = rows[self.rank::self.world]
-        self.val_per_rank = math.ceil(len(rows) / self.world) if rows else 0
+        self.val_rows = load_validation_rows(cfg.val_data, cfg.val_limit) if cfg.val_data else []
+        self.val_per_rank = math.ceil(len(self.val_rows) / self.world)
 
         self.log = self.gauges = self.tracker = None
         if self.rank == 0:
@@ -152,9 +165,9 @@ class Trainer:
             if cfg.tracker != "none":
                 self.tracker = records.Tracker(cfg.tracker, cfg.output, run_name, cfg.to_dict(), cfg.wandb_project)
             if restored is not None:
-                print(f"[train] resumed at step {self.state.step} from the latest checkpoint; data from group "
-                      f"{self.state.position.next_group} (skipping {len(self.state.position.skip)} finished "
-                      f"groups after it)", flush=True)
+                log.info(f"[train] resumed at step {self.state.step} from the latest checkpoint; data from "
+                         f"group {self.state.position.next_group} (skipping {len(self.state.position.skip)} "
+                         f"finished groups after it)")
 
     # ------------------------------------------------------------------ setup
 
@@ -214,7 +227,8 @@ class Trainer:
         import ray.train
 
         cfg = self.cfg
-        if self.state.step >= cfg.steps:
+        if self.state.step >= cfg.steps:  # the final checkpoint exists; the outputs may not
+            self._finish()
             ray.train.report({"step": self.state.step, "finished": 1})
             return
         batches = self._batches()
@@ -236,7 +250,9 @@ class Trainer:
                 for k, v in terms.items():
                     window[k] += float(v.detach())
                 window["n"] += 1
-                self.ledger.consume(batch["group"].cpu().numpy())
+                groups = batch["group"].cpu().numpy()
+                self.ledger.consume(groups)
+                self.last_group = max(self.last_group, int(groups.max()))
                 self.state.data_skipped += int((batch["ok"] == 0).sum())
                 window_images += len(batch["group"])
             if cfg.grad_clip > 0:
@@ -262,7 +278,7 @@ class Trainer:
         sums = _all_reduce_sum([window[k] for k in keys] + [window["n"], float(images)], self.device)
         n, images_all = sums[-2], sums[-1]
         row = {"step": self.state.step, "time": time.time(),
-               "epoch": round(self.ledger.start.next_group / self.plan.groups_per_epoch, 4),
+               "epoch": round(_all_reduce_max(self.last_group, self.device) / self.plan.groups_per_epoch, 3),
                "lr": self.optimizer.param_groups[0]["lr"], "lr_head": self.optimizer.param_groups[1]["lr"],
                "images_per_s": images_all / max(seconds, 1e-9),
                "data_skipped": int(_all_reduce_sum([float(self.state.data_skipped)], self.device)[0])}
@@ -281,14 +297,13 @@ class Trainer:
         pictures = []
         # Every rank runs the same number of forward passes (FSDP gathers weights in each).
         for i in range(self.val_per_rank):
-            row = self.val_rows[min(i, len(self.val_rows) - 1)] if self.val_rows else None
-            if row is None:
-                continue
-            image, depth, valid = row.decode()
+            index = i * self.world + self.rank
+            padding = index >= len(self.val_rows)  # keeps the passes equal; its result is dropped
+            image, depth, valid = self.val_rows[0 if padding else index].decode()
             pred = predict_images(self.model if self.cfg.fsdp else self.raw_model, [image], input_size=self.cfg.crop,
                                   dtype=self.cfg.dtype, sizes=[depth.shape])[0]
-            if i >= len(self.val_rows):
-                continue  # padding pass
+            if padding:
+                continue
             gt, mask = torch.from_numpy(depth), torch.from_numpy(valid)
             if not bool(valid_pixels(gt, mask, self.protocol).any()):
                 continue
@@ -355,6 +370,23 @@ class Trainer:
         finally:
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
+        if self.cfg.fail_at_step == self.state.step:
+            self._inject_failure()
+
+    def _inject_failure(self) -> None:
+        """``--fail-at-step K``: once per output, every worker raises right after the
+        checkpoint at step K is registered, so Ray Train restarts the worker group
+        from it (FailureConfig). Exercises recovery on a real cluster."""
+        import ray.train.collective
+
+        marker = storage.join(self.cfg.output, FAILURE_MARKER)
+        ray.train.collective.barrier()  # every rank's report is processed before anyone fails
+        if storage.exists(marker):
+            return  # the drill already happened
+        ray.train.collective.barrier()  # every rank looked before rank 0 writes the marker
+        if self.rank == 0:
+            storage.write_bytes(marker, str(self.state.step).encode())
+        raise RuntimeError(f"--fail-at-step {self.state.step}: injected worker failure")
 
     def _print(self, row: dict) -> None:
         terms = " ".join(f"{k} {row[k]:.4f}" for k in ("loss", "ssi", "gm", "feat", "silog") if k in row)
@@ -364,7 +396,7 @@ class Trainer:
             line += f" | val AbsRel {row['val_abs_rel']:.4f} d1 {row['val_d1']:.4f} ({row['val_images']} images)"
         if row.get("data_skipped"):
             line += f" | {row['data_skipped']} bad rows skipped"
-        print(line, flush=True)
+        log.info(line)
 
     def _curves(self) -> None:
         png = records.curves_png(self.state.history, f"{self.cfg.stage} {self.cfg.encoder} - {self.run_name}")
@@ -383,8 +415,7 @@ class Trainer:
                                           "final": self.state.history[-1] if self.state.history else {}})
         if self.tracker:
             self.tracker.close()
-        print(f"[train] finished at step {self.state.step}: {storage.redact(self.cfg.output)}/{FINAL_MODEL}",
-              flush=True)
+        log.info(f"[train] finished at step {self.state.step}: {storage.redact(self.cfg.output)}/{FINAL_MODEL}")
 
 
 def train_worker(loop_config: dict) -> None:
