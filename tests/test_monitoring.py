@@ -107,9 +107,12 @@ def test_labelling_counters_reach_prometheus(ray_session, tmp_path, teacher):  #
         time.sleep(1.0)
     assert got == expected
 
-    # Ray's own labels on every series: the dashboard filters by session.
+    # Ray's own labels on every series: the dashboard filters by session, and lists the
+    # sessions from Ray's node metric ray_node_cpu_utilization.
     for labels in after[LABELLED]:
         assert {"SessionName", "WorkerId", "NodeAddress"} <= {k for k, _ in labels}
+    sessions = {dict(labels)["SessionName"] for labels in after["ray_node_cpu_utilization"]}
+    assert {dict(labels)["SessionName"] for labels in after[LABELLED]} <= sessions
 
 
 def test_training_gauges_reach_prometheus(ray_session):
