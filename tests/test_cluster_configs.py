@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -419,7 +420,7 @@ def script_options(script: str) -> tuple[dict[str, tuple[bool, bool, tuple | Non
     """``--help`` of ``ray_jobs/<script>``: {flag: (takes a value, takes several, choices)}
     and the flags its usage line requires."""
     out = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / script), "--help"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                         text=True, timeout=120, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     options: dict[str, tuple[bool, bool, tuple | None]] = {}
