@@ -98,12 +98,23 @@ def _aligned_pair(pred: Tensor, target: Tensor, mask: Tensor, method: str) -> tu
     """Map (pred, target) into the space where they are compared.
 
     ``"lstsq"``: (scale*pred + shift, target) with the per-image least-squares
-    fit of ``align_scale_shift`` (MiDaS). ``"median"``: both normalised by
-    ``_median_normalise`` (Depth Anything V1 / MiDaS paper). Inputs come from
-    ``_prepare``; the outputs are 0 at masked-out pixels.
+    fit of ``align_scale_shift`` (MiDaS), constrained to ``scale >= 0``: where
+    the free fit's scale is negative the constrained optimum is ``scale = 0,
+    shift = mean(target)``. A disparity prediction must rise where the target
+    rises; with a free sign, a model trained from scratch was measured to
+    settle on inverted disparity (92% of held-out images fitted with a
+    negative scale after 300 steps), which the loss could not see.
+    ``"median"``: both normalised by ``_median_normalise`` (Depth Anything V1 /
+    MiDaS paper). Inputs come from ``_prepare``; the outputs are 0 at
+    masked-out pixels.
     """
     if method == "lstsq":
         scale, shift = align_scale_shift(pred, target, mask)
+        inverted = scale < 0
+        m = mask.flatten(1)
+        mean_t = (torch.where(m, target.flatten(1), 0.0).sum(1) / m.sum(1).clamp_min(1)).to(shift.dtype)
+        scale = torch.where(inverted, 0.0, scale)
+        shift = torch.where(inverted, mean_t, shift)
         aligned = scale[:, None, None] * pred + shift[:, None, None]
         return torch.where(mask, aligned, 0.0), target
     return _median_normalise(pred, mask), _median_normalise(target, mask)
@@ -199,8 +210,7 @@ def gradient_matching_loss(pred: Tensor, target: Tensor, mask: Tensor, scales: i
     """MiDaS multi-scale gradient-matching loss on the aligned DISPARITY residual.
 
     The prediction is first aligned to the target per image (``method`` as in
-    ``ssi_loss``), so the loss is invariant to ``a*pred + b`` (``a > 0``; for
-    ``"lstsq"`` any ``a != 0``). With residual ``R = aligned_pred - target``,
+    ``ssi_loss``), so the loss is invariant to ``a*pred + b`` for ``a > 0``. With residual ``R = aligned_pred - target``,
     at each scale ``k < scales`` (stride ``2**k`` subsampling, ``[:, ::s, ::s]``)
     the per-image term is ``(sum|grad_x R| + sum|grad_y R|) / M_k`` over
     neighbour pairs whose two pixels are valid, ``M_k`` = valid pixels at that

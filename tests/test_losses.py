@@ -53,6 +53,8 @@ def np_aligned(p, g, m, method):
     if method == "lstsq":
         A = np.stack([p[m], np.ones(m.sum())], axis=1)
         (s, sh), *_ = np.linalg.lstsq(A, g[m], rcond=None)
+        if s < 0:  # the constrained optimum for scale >= 0
+            s, sh = 0.0, g[m].mean()
         a[m], b[m] = s * p[m] + sh, g[m]
     else:
         a[m], b[m] = np_normalise(p[m], method), np_normalise(g[m], method)
@@ -166,9 +168,10 @@ def test_ssi_ignores_masked_pixels(method):
 
 
 def test_ssi_trim_removes_the_top_fraction():
-    # 20 pixels, target = 2*pred + 1 except two gross outliers.
+    # 20 pixels, target = 20*pred + 1 except two gross outliers (the slope keeps
+    # the least-squares scale positive despite them).
     pred = torch.linspace(0, 1, 20).reshape(1, 4, 5)
-    target = 2 * pred + 1
+    target = 20 * pred + 1
     target[0, 1, 1] += 50.0
     target[0, 3, 2] -= 40.0
     mask = ones_mask(pred)
@@ -194,8 +197,8 @@ def test_ssi_trim_removes_the_top_fraction():
 def test_ssi_trim_is_per_image():
     clean = torch.linspace(0, 1, 10).reshape(1, 2, 5)
     pred = torch.cat([clean, clean])
-    target = 3 * pred
-    target[1, 0, 0] += 100.0  # an outlier only in image 1
+    target = 60 * pred
+    target[1, 0, 0] += 100.0  # an outlier only in image 1 (the fitted scale stays positive)
     got = ssi_loss(pred, target, ones_mask(pred), trim=0.1, reduction="none")
     assert_close(got[0], t(0.0), atol=1e-6, rtol=0)
     p, g, m = to_np(pred, target, ones_mask(pred))
@@ -478,3 +481,17 @@ def test_silog_gradient_finite_and_descends():
     assert torch.isfinite(pred.grad).all()
     stepped = silog_loss(pred.detach() - 0.1 * pred.grad, target, mask)
     assert stepped < loss
+
+
+@pytest.mark.parametrize("fn", [ssi_loss, gradient_matching_loss])
+def test_inverted_prediction_is_not_rewarded(fn):
+    """lstsq alignment keeps scale >= 0: an inverted disparity map costs what a
+    constant prediction costs (the constrained optimum), never 0."""
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 16, 16, generator=g) + 0.2
+    mask = torch.ones_like(target, dtype=torch.bool)
+    constant = fn(torch.ones_like(target), target, mask)
+    inverted = fn(-2.0 * target + 5.0, target, mask)
+    assert float(fn(2.0 * target + 5.0, target, mask)) < 1e-6
+    assert float(inverted) > 0.01
+    torch.testing.assert_close(inverted, constant)
