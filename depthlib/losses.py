@@ -77,19 +77,24 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _median_normalise(x: Tensor, mask: Tensor) -> Tensor:
-    """``(x - median) / mean|x - median|`` per image over valid pixels (V1 paper).
-
-    The median is torch's: the lower of the two middle values for an even
-    count. A constant image (zero deviation) maps to 0 instead of NaN.
-    """
+def _median_and_mad(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image (shape ``B``): median and mean absolute deviation from it, over
+    valid pixels. The median is torch's: the lower of the two middle values
+    for an even count. An image without valid pixels gives ``(0, 0)``."""
     flat = x.flatten(1)
     m = mask.flatten(1)
     med = torch.nanmedian(flat.masked_fill(~m, float("nan")), dim=1).values
-    med = torch.nan_to_num(med, nan=0.0)  # an image without valid pixels
+    med = torch.nan_to_num(med, nan=0.0)
     centred = torch.where(m, flat - med[:, None], 0.0)
-    n = m.sum(dim=1).clamp_min(1)
-    mad = centred.abs().sum(dim=1) / n
+    mad = centred.abs().sum(dim=1) / m.sum(dim=1).clamp_min(1)
+    return med, mad
+
+
+def _median_normalise(x: Tensor, mask: Tensor) -> Tensor:
+    """``(x - median) / mean|x - median|`` per image over valid pixels (V1 paper).
+    A constant image (zero deviation) maps to 0 instead of NaN."""
+    med, mad = _median_and_mad(x, mask)
+    centred = torch.where(mask.flatten(1), x.flatten(1) - med[:, None], 0.0)
     safe_mad = torch.where(mad > 0, mad, 1.0)
     return (centred / safe_mad[:, None]).view_as(x)
 
@@ -98,23 +103,26 @@ def _aligned_pair(pred: Tensor, target: Tensor, mask: Tensor, method: str) -> tu
     """Map (pred, target) into the space where they are compared.
 
     ``"lstsq"``: (scale*pred + shift, target) with the per-image least-squares
-    fit of ``align_scale_shift`` (MiDaS), constrained to ``scale >= 0``: where
-    the free fit's scale is negative the constrained optimum is ``scale = 0,
-    shift = mean(target)``. A disparity prediction must rise where the target
-    rises; with a free sign, a model trained from scratch was measured to
-    settle on inverted disparity (92% of held-out images fitted with a
-    negative scale after 300 steps), which the loss could not see.
+    fit of ``align_scale_shift`` (MiDaS). Where that fit's scale is negative
+    (the prediction is inverted), the image is aligned instead by matching
+    median and mean absolute deviation (``scale = MAD(target) / MAD(pred) >
+    0``): a disparity prediction must rise where the target rises. With a free
+    sign, a model trained from scratch was measured to settle on inverted
+    disparity (92% of held-out images fitted with a negative scale after 300
+    steps), which the loss could not see; clamping the scale at 0 instead
+    leaves inverted images without any gradient (measured: training stalls).
     ``"median"``: both normalised by ``_median_normalise`` (Depth Anything V1 /
     MiDaS paper). Inputs come from ``_prepare``; the outputs are 0 at
     masked-out pixels.
     """
     if method == "lstsq":
         scale, shift = align_scale_shift(pred, target, mask)
+        med_p, mad_p = _median_and_mad(pred, mask)
+        med_t, mad_t = _median_and_mad(target, mask)
+        robust_scale = (mad_t / torch.where(mad_p > 0, mad_p, 1.0)).to(scale.dtype)
         inverted = scale < 0
-        m = mask.flatten(1)
-        mean_t = (torch.where(m, target.flatten(1), 0.0).sum(1) / m.sum(1).clamp_min(1)).to(shift.dtype)
-        scale = torch.where(inverted, 0.0, scale)
-        shift = torch.where(inverted, mean_t, shift)
+        scale = torch.where(inverted, robust_scale, scale)
+        shift = torch.where(inverted, (med_t - robust_scale * med_p).to(shift.dtype), shift)
         aligned = scale[:, None, None] * pred + shift[:, None, None]
         return torch.where(mask, aligned, 0.0), target
     return _median_normalise(pred, mask), _median_normalise(target, mask)

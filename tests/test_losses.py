@@ -53,8 +53,10 @@ def np_aligned(p, g, m, method):
     if method == "lstsq":
         A = np.stack([p[m], np.ones(m.sum())], axis=1)
         (s, sh), *_ = np.linalg.lstsq(A, g[m], rcond=None)
-        if s < 0:  # the constrained optimum for scale >= 0
-            s, sh = 0.0, g[m].mean()
+        if s < 0:  # inverted: align median and mean absolute deviation instead
+            mp, mg = np.sort(p[m])[(m.sum() - 1) // 2], np.sort(g[m])[(m.sum() - 1) // 2]
+            s = np.mean(np.abs(g[m] - mg)) / np.mean(np.abs(p[m] - mp))
+            sh = mg - s * mp
         a[m], b[m] = s * p[m] + sh, g[m]
     else:
         a[m], b[m] = np_normalise(p[m], method), np_normalise(g[m], method)
@@ -484,14 +486,17 @@ def test_silog_gradient_finite_and_descends():
 
 
 @pytest.mark.parametrize("fn", [ssi_loss, gradient_matching_loss])
-def test_inverted_prediction_is_not_rewarded(fn):
-    """lstsq alignment keeps scale >= 0: an inverted disparity map costs what a
-    constant prediction costs (the constrained optimum), never 0."""
+def test_inverted_prediction_is_not_rewarded_and_gets_a_gradient(fn):
+    """An inverted disparity map is aligned with a positive scale (median/MAD),
+    so it costs more than a constant prediction and its gradient points back."""
     g = torch.Generator().manual_seed(3)
     target = torch.rand(2, 16, 16, generator=g) + 0.2
     mask = torch.ones_like(target, dtype=torch.bool)
-    constant = fn(torch.ones_like(target), target, mask)
-    inverted = fn(-2.0 * target + 5.0, target, mask)
     assert float(fn(2.0 * target + 5.0, target, mask)) < 1e-6
-    assert float(inverted) > 0.01
-    torch.testing.assert_close(inverted, constant)
+    constant = fn(torch.ones_like(target), target, mask)
+    inverted = (-2.0 * target + 5.0).requires_grad_(True)
+    loss = fn(inverted, target, mask)
+    assert float(loss) > float(constant) > 0.01
+    loss.backward()
+    step = inverted.detach() - 0.05 * inverted.grad / inverted.grad.abs().max()
+    assert float(fn(step, target, mask)) < float(loss)  # descending the gradient helps
