@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from depthlib.evaluation.datasets import DATASETS
+from depthlib.evaluation.datasets import DATASETS, DatasetError, dataset_spec
 from depthlib.models.specs import MODEL_SPECS
 
 
@@ -15,8 +15,10 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
         name, sep, uri = v.partition("=")
         if not sep or not name or not uri:
             raise ValueError(f"{flag} takes NAME=URI, got {v!r}")
-        if name not in DATASETS:
-            raise ValueError(f"{flag} {v!r}: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        try:
+            dataset_spec(name)
+        except DatasetError as e:
+            raise ValueError(f"{flag} {v!r}: {e}") from None
         if name in out:
             raise ValueError(f"{flag}: {name!r} given twice")
         out[name] = uri
@@ -31,11 +33,15 @@ class EvaluateConfig:
         "help": "model weights: released-format .pth (local path or s3://); omit with --predictions"})
     encoder: str = field(metadata={"help": f"model size: {' | '.join(MODEL_SPECS)} (also picks the paper's row)"})
     dataset: list[str] = field(metadata={
-        "help": f"NAME=URI, repeatable; NAME in {', '.join(DATASETS)}; URI: the dataset's folder, .tar "
+        "help": f"NAME=URI, repeatable; NAME in {', '.join(DATASETS)}, or NAME.LABEL to evaluate several "
+                f"datasets of one layout (shards.photo=URI); URI: the dataset's folder, .tar "
                 f"(or DA-2K .zip), local or s3://"})
     split: list[str] = field(default_factory=list, metadata={
         "help": "NAME=URI of a split list (paths relative to the root), repeatable; default: every sample found"})
     output: str = field(metadata={"help": "URI for report.json, report.md, per-dataset CSVs and pictures"})
+    depth_range: list[str] = field(default_factory=list, metadata={
+        "help": "NAME=MIN,MAX: depth range (m) of the pixels scored on dataset NAME instead of its standard "
+                "one (e.g. shards=0.1,100), repeatable"})
     metric: bool = field(default=False, metadata={
         "help": "a metric-depth model: predictions in metres, no alignment, clamped to the dataset's range"})
     max_depth: float = field(default=20.0, metadata={"help": "metric model: depth of a sigmoid output of 1, m"})
@@ -81,6 +87,13 @@ class EvaluateConfig:
         extra = sorted(set(splits) - set(datasets))
         if extra:
             raise ValueError(f"--split given for {extra} without a --dataset of that name")
+        ranges = self.depth_ranges()
+        extra = sorted(set(ranges) - set(datasets))
+        if extra:
+            raise ValueError(f"--depth-range given for {extra} without a --dataset of that name")
+        pairs = sorted(n for n in ranges if dataset_spec(n).layout == "da2k")
+        if pairs:
+            raise ValueError(f"--depth-range {pairs}: DA-2K scores point pairs, it has no depth range")
         if not 1 <= self.min_actors <= self.max_actors:
             raise ValueError(f"need 1 <= --min-actors <= --max-actors, got {self.min_actors}, {self.max_actors}")
         for name in ("batch_size", "samples_per_task"):
@@ -98,6 +111,19 @@ class EvaluateConfig:
     def splits(self) -> dict[str, str]:
         """Dataset name -> split list URI."""
         return _pairs(self.split, "--split")
+
+    def depth_ranges(self) -> dict[str, tuple[float, float]]:
+        """Dataset name -> (min, max) depth scored, for the datasets given a ``--depth-range``."""
+        out: dict[str, tuple[float, float]] = {}
+        for name, value in _pairs(self.depth_range, "--depth-range").items():
+            try:
+                lo, hi = (float(x) for x in value.split(","))
+            except ValueError:
+                raise ValueError(f"--depth-range takes NAME=MIN,MAX in metres, got {name}={value!r}") from None
+            if not 0 <= lo < hi:
+                raise ValueError(f"--depth-range {name}: need 0 <= MIN < MAX, got {lo}, {hi}")
+            out[name] = (lo, hi)
+        return out
 
     @property
     def alignment_used(self) -> str:

@@ -99,6 +99,20 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
 ]}
 
 KITTI_CROPS = {"eigen": "eigen_kitti", "garg": "garg_kitti"}
+_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of a dataset name: a name of :data:`DATASETS`, or ``NAME.LABEL``
+    for one of several datasets of the same layout in one run (``shards.photo``,
+    ``shards.synthetic``); the label only names the entry in the report.
+
+    Raises :class:`DatasetError` naming the known names."""
+    base, dot, label = name.partition(".")
+    if base not in DATASETS or (dot and not _LABEL.fullmatch(label)):
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, optionally with a "
+                           f"label: NAME.LABEL (label of letters, digits, _ and -; e.g. shards.photo)")
+    return DATASETS[base]
 
 
 @dataclass
@@ -224,17 +238,15 @@ def plan_dataset(name: str, root: str, split: Optional[str] = None, limit: Optio
     evaluated at all: root missing or unreadable, a malformed split list, a
     missing or malformed ``annotations.json``, no samples found.
     """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    spec = DATASETS[name]
+    spec = dataset_spec(name)
     if spec.layout == "shards":
-        return _plan_shards(spec, root, split, limit)
+        return _plan_shards(name, spec, root, split, limit)
     try:
         source = Source.open(root)
     except SourceError as e:
         raise DatasetError(str(e)) from None
     if spec.layout == "da2k":
-        return _plan_da2k(spec, source, root, split, limit)
+        return _plan_da2k(name, spec, source, root, split, limit)
 
     if split is not None:
         rows, n_no_gt = parse_split(_read_text(split, "split list"), spec, storage.redact(split))
@@ -278,7 +290,7 @@ def da2k_scene(key: str) -> str:
     return parts[-2] if len(parts) > 1 else "(none)"
 
 
-def _plan_da2k(spec: DatasetSpec, source: Source, root: str, split: Optional[str],
+def _plan_da2k(name: str, spec: DatasetSpec, source: Source, root: str, split: Optional[str],
                limit: Optional[int]) -> DatasetPlan:
     source = source.rooted("annotations.json")
     where = source.describe("annotations.json")
@@ -309,10 +321,11 @@ def _plan_da2k(spec: DatasetSpec, source: Source, root: str, split: Optional[str
     if limit is not None:
         keys = keys[:limit]
     samples = [_sample(source, k, {"image": k}, pairs=annotations[k], scene=da2k_scene(k)) for k in keys]
-    return DatasetPlan(spec.name, spec, samples, 0, how, storage.redact(root))
+    return DatasetPlan(name, spec, samples, 0, how, storage.redact(root))
 
 
-def _plan_shards(spec: DatasetSpec, root: str, split: Optional[str], limit: Optional[int]) -> DatasetPlan:
+def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
+                 limit: Optional[int]) -> DatasetPlan:
     import pyarrow.parquet as pq
 
     from depthlib import shards
@@ -361,7 +374,7 @@ def _plan_shards(spec: DatasetSpec, root: str, split: Optional[str], limit: Opti
         raise DatasetError(f"shards: no rows under {where}" + (" match the split list" if wanted else ""))
     if limit is not None:
         samples = samples[:limit]
-    plan = DatasetPlan(spec.name, spec, samples, 0, storage.redact(split) if split else "every metric_depth row",
+    plan = DatasetPlan(name, spec, samples, 0, storage.redact(split) if split else "every metric_depth row",
                        where)
     plan.info = {"n_shards": len(uris), "disparity_rows_skipped": n_disparity}
     return plan

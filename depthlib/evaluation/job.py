@@ -52,8 +52,9 @@ def dataset_protocol(config: EvaluateConfig, plan: DatasetPlan) -> tuple[Protoco
     crop = spec.crop
     if spec.layout == "kitti":
         crop = {"eigen": "eigen_kitti", "garg": "garg_kitti"}[config.kitti_crop]
-    protocol = Protocol(spec.min_depth, spec.max_depth, config.alignment_used, crop)
-    record.update(min_depth=spec.min_depth, max_depth=spec.max_depth, alignment=protocol.alignment,
+    min_depth, max_depth = config.depth_ranges().get(plan.name, (spec.min_depth, spec.max_depth))
+    protocol = Protocol(min_depth, max_depth, config.alignment_used, crop)
+    record.update(min_depth=min_depth, max_depth=max_depth, alignment=protocol.alignment,
                   crop=crop or "none", ground_truth=spec.notes, mean="over images")
     if spec.layout == "kitti":
         record["benchmark_crop"] = "image and ground truth cut to 352x1216 (top = H-352, left = (W-1216)//2) " \

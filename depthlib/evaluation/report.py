@@ -52,6 +52,16 @@ TITLES = {"kitti": "KITTI", "nyu": "NYU-D", "sintel": "Sintel", "eth3d": "ETH3D"
 DEPTH_COLUMNS = ("image", "prediction (aligned depth)", "ground truth", "error |p-g|/g, 0-0.3")
 
 
+def _base(name: str) -> str:
+    """The dataset of a report entry: ``shards`` for ``shards.photo`` (see ``datasets.dataset_spec``)."""
+    return name.partition(".")[0]
+
+
+def _title(name: str) -> str:
+    base, _, label = name.partition(".")
+    return TITLES.get(base, base) + (f" ({label})" if label else "")
+
+
 class DatasetResults:
     """Per-image results of one dataset, as they arrive."""
 
@@ -176,7 +186,8 @@ def render_markdown(report: dict) -> str:
                  f"dtype {report['dtype']}; {report['finished_at']}, depthlib {report['depthlib']}, "
                  f"{report['wall_s']:.0f} s.")
     lines.append("")
-    depth_names = [n for n in TABLE_ORDER if n in datasets and "error" not in datasets[n]]
+    depth_names = sorted((n for n in datasets if _base(n) in TABLE_ORDER and "error" not in datasets[n]),
+                         key=lambda n: (TABLE_ORDER.index(_base(n)), n))
     failed = [n for n, d in datasets.items() if "error" in d]
     paper = PAPER_TABLE2.get(enc) if not metric else None
     if depth_names:
@@ -185,7 +196,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"AbsRel (lower is better) / δ1 (higher is better), mean over images; alignment: "
                      f"{', '.join(alignments)}. Protocol per dataset below.")
         lines.append("")
-        head = ["Method"] + [f"{TITLES[n]} AbsRel ↓ / δ1 ↑" for n in depth_names]
+        head = ["Method"] + [f"{_title(n)} AbsRel ↓ / δ1 ↑" for n in depth_names]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         ours = [f"**{_f(datasets[n]['abs_rel'])}** / **{_f(datasets[n]['d1'])}**" for n in depth_names]
@@ -193,16 +204,16 @@ def render_markdown(report: dict) -> str:
         if paper:
             cells = []
             for n in depth_names:
-                col = PAPER_COLUMN.get(n)
+                col = PAPER_COLUMN.get(_base(n))
                 cells.append(f"{_f(paper[col][0])} / {_f(paper[col][1])}" if col else "–")
             lines.append(f"| paper, Depth Anything V2-{enc[3:].upper()} | " + " | ".join(cells) + " |")
         lines.append("")
         notes = []
-        if paper and ("diode" in depth_names or "diode_indoor" in depth_names):
+        if paper and any(_base(n) in ("diode", "diode_indoor") for n in depth_names):
             notes.append("The paper's DIODE figure is printed beside `diode` and `diode_indoor`: it matches the "
                          "indoor split (about 0.072 AbsRel from released V2-L), while the full validation split "
                          "gives about 0.21 (Depth-Anything-V2 #280, a user's finding).")
-        if paper and "sintel" in depth_names:
+        if paper and any(_base(n) == "sintel" for n in depth_names):
             notes.append("Sintel: the paper does not say which frames or pass; see the protocol below.")
         if metric:
             notes.append("The paper's Table 2 is for relative models; a metric model's figures are not comparable "
@@ -210,9 +221,11 @@ def render_markdown(report: dict) -> str:
         if enc not in PAPER_TABLE2 and not metric:
             notes.append(f"The paper has no figures for encoder {enc!r}.")
         lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-    if "da2k" in datasets and "error" not in datasets["da2k"] and datasets["da2k"]["n_pairs"]:
-        d = datasets["da2k"]
-        lines += ["## DA-2K (layout of the paper's Table 3)", ""]
+    for name in (n for n in datasets if _base(n) == "da2k"):
+        d = datasets[name]
+        if "error" in d or not d["n_pairs"]:
+            continue
+        lines += [f"## {_title(name)} (layout of the paper's Table 3)", ""]
         lines += ["| Method | Accuracy (%) |", "|---|---|"]
         lines.append(f"| this checkpoint | **{100 * d['accuracy']:.1f}** |")
         if enc in PAPER_DA2K:
@@ -225,7 +238,7 @@ def render_markdown(report: dict) -> str:
         lines += ["| scene | pairs | accuracy (%) |", "|---|---|---|"]
         for s, acc in d["by_scene"].items():
             lines.append(f"| {s} | {d['pairs_by_scene'][s]} | {100 * acc:.1f} |")
-        lines += ["", "![DA-2K by scene](da2k/by_scene.png)", ""]
+        lines += ["", f"![DA-2K by scene]({name}/by_scene.png)", ""]
     if depth_names:
         lines += ["## All metrics", ""]
         head = ["dataset", "images", *METRIC_NAMES, "skipped"]
@@ -257,7 +270,7 @@ def render_markdown(report: dict) -> str:
     for n, d in datasets.items():
         if "error" in d or not d.get("worst"):
             continue
-        if n == "da2k":
+        if _base(n) == "da2k":
             items = ", ".join(f"`{w['key']}` ({100 * w['accuracy']:.0f}% of {w['n_pairs']})" for w in d["worst"])
         else:
             items = ", ".join(f"`{w['key']}` (AbsRel {w['abs_rel']:.3f}, δ1 {w['d1']:.3f})" for w in d["worst"])
@@ -303,7 +316,7 @@ def write_report(output: str, report: dict, results: dict[str, DatasetResults], 
         for kind, previews in (("samples", res.sample_previews()), ("worst", res.worst_previews())):
             if previews:
                 strips = [(k, pictures.from_png(p)) for k, p in previews]
-                title = f"{TITLES.get(name, name)}: {'fixed sample' if kind == 'samples' else 'worst images'}"
+                title = f"{_title(name)}: {'fixed sample' if kind == 'samples' else 'worst images'}"
                 put(f"{name}/{kind}.png", pictures.grid_figure(strips, title, columns))
         if res.is_da2k and res.rows:
             d = report["datasets"][name]
