@@ -150,6 +150,7 @@ class Trainer:
             self.scheduler.load_state_dict(restored[3])
             set_rng_state(restored[4])
         self.ledger = ConsumptionLedger(self.state.position)
+        self.skipped_since_checkpoint = 0  # this worker's placeholders; state.data_skipped is the global total
         self.last_group = self.state.position.next_group
 
         self.protocol = (Protocol(cfg.min_depth, cfg.max_depth, "none") if self.stage.metric
@@ -159,7 +160,7 @@ class Trainer:
 
         self.log = self.gauges = self.tracker = None
         if self.rank == 0:
-            self.log = records.MetricsLog(cfg.output, self.state.history)
+            self.log = records.MetricsLog(cfg.output, self.state.history)  # appends to the history
             self.log.flush()  # drop rows of steps this run will redo
             self.gauges = records.Gauges(run_name, cfg.stage)
             if cfg.tracker != "none":
@@ -253,7 +254,7 @@ class Trainer:
                 groups = batch["group"].cpu().numpy()
                 self.ledger.consume(groups)
                 self.last_group = max(self.last_group, int(groups.max()))
-                self.state.data_skipped += int((batch["ok"] == 0).sum())
+                self.skipped_since_checkpoint += int((batch["ok"] == 0).sum())
                 window_images += len(batch["group"])
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -281,7 +282,8 @@ class Trainer:
                "epoch": round(_all_reduce_max(self.last_group, self.device) / self.plan.groups_per_epoch, 3),
                "lr": self.optimizer.param_groups[0]["lr"], "lr_head": self.optimizer.param_groups[1]["lr"],
                "images_per_s": images_all / max(seconds, 1e-9),
-               "data_skipped": int(_all_reduce_sum([float(self.state.data_skipped)], self.device)[0])}
+               "data_skipped": self.state.data_skipped + int(_all_reduce_sum(
+                   [float(self.skipped_since_checkpoint)], self.device)[0])}
         row.update({k: s / max(n, 1) for k, s in zip(keys, sums)})
         return row
 
@@ -325,14 +327,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ reports and checkpoints
 
-    def _full_states(self) -> tuple[dict, dict]:
-        """Model and optimiser state dicts, whole, on CPU (a collective under FSDP; every rank calls it)."""
+    def _full_states(self, optimizer: bool = True) -> tuple[dict, dict | None]:
+        """Model (and optimiser) state dicts, whole, on CPU. A collective under
+        FSDP: every rank calls it; rank 0 gets the states."""
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return (get_model_state_dict(self.model, options=options),
-                get_optimizer_state_dict(self.model, self.optimizer, options=options))
+                get_optimizer_state_dict(self.model, self.optimizer, options=options) if optimizer else None)
 
     def _report(self, row: dict, checkpoint_due: bool) -> None:
         import ray.train
@@ -341,17 +344,16 @@ class Trainer:
             best = self.state.best_val_abs_rel
             self.state.best_val_abs_rel = row["val_abs_rel"] if best is None else min(best, row["val_abs_rel"])
         if self.rank == 0:
-            self.state.history.append(row)
+            self.log.add(row)
             self._print(row)
             self.gauges.set(row)
             if self.tracker:
                 self.tracker.log(row)
         if not checkpoint_due:
-            if self.rank == 0:
-                self.log.add(row)
             ray.train.report(row)
             return
         self.state.position = self.ledger.merge(_all_gather(self.ledger.counts), self.plan.group_rows)
+        self.state.data_skipped, self.skipped_since_checkpoint = row["data_skipped"], 0
         model_state, optim_state = self._full_states()
         directory = None
         if self.rank == 0:
@@ -359,7 +361,6 @@ class Trainer:
             write_checkpoint_dir(directory, model_state=model_state, encoder=self.cfg.encoder,
                                  optimizer_state=optim_state, scheduler_state=self.scheduler.state_dict(),
                                  state=self.state, config=self.cfg.to_dict())
-            self.log.rows = list(self.state.history)
             self.log.flush()
             if self.tracker:
                 self.tracker.flush()
@@ -406,7 +407,7 @@ class Trainer:
         """``model.pth`` (released format) and the run state, by rank 0."""
         from depthlib.models import released_bytes
 
-        model_state, _ = self._full_states()
+        model_state, _ = self._full_states(optimizer=False)
         if self.rank != 0:
             return
         storage.write_bytes(storage.join(self.cfg.output, FINAL_MODEL), released_bytes(model_state, self.cfg.encoder))

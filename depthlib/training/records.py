@@ -36,9 +36,9 @@ GAUGES = {
 class MetricsLog:
     """Rows of the run in memory, mirrored to ``<output>/metrics.jsonl``."""
 
-    def __init__(self, output: str, rows: list[dict] | None = None):
+    def __init__(self, output: str, rows: list[dict]):
         self.uri = storage.join(output, METRICS_FILE)
-        self.rows: list[dict] = list(rows or [])
+        self.rows = rows  # shared with the caller (the run's history), not copied
         self._flushed = 0.0
 
     def add(self, row: dict[str, Any]) -> None:
@@ -48,12 +48,13 @@ class MetricsLog:
     def flush(self, force: bool = True) -> None:
         if not force and time.time() - self._flushed < FLUSH_INTERVAL_S:
             return
-        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows).encode()
-        storage.write_bytes(self.uri, data)
+        storage.write_bytes(self.uri, jsonl(self.rows))
         self._flushed = time.time()
 
-    def to_jsonl(self) -> bytes:
-        return "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows).encode()
+
+def jsonl(rows: list[dict]) -> bytes:
+    """Rows as JSON lines (sorted keys), the format of ``metrics.jsonl``."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
 
 
 class Gauges:
@@ -169,11 +170,10 @@ def samples_grid(images: list[np.ndarray], preds: list[np.ndarray], targets: lis
 
     rows = []
     for image, pred, target, valid in zip(images, preds, targets, valids):
-        if metric:
-            lo, hi = np.percentile(target[valid], (2, 98)) if valid.any() else (0.0, 1.0)
-            span = hi - lo if hi > lo else 1.0
-            p = colorize(np.clip((pred - lo) / span, 0, 1), percentiles=(0, 100), invert=True)
-            t = colorize(np.clip((target - lo) / span, 0, 1), valid, percentiles=(0, 100), invert=True)
+        if metric:  # one colour scale for both, so a scale error shows
+            both = colorize(np.concatenate([pred, target], axis=1),
+                            np.concatenate([np.ones_like(valid), valid], axis=1), invert=True)
+            p, t = both[:, :pred.shape[1]], both[:, pred.shape[1]:]
         else:
             p = colorize(pred)
             t = colorize(np.where(valid, 1.0 / np.maximum(target, 1e-6), 0.0), valid)

@@ -30,6 +30,7 @@ import torch
 from depthlib import storage
 from depthlib.models.checkpoints import released_bytes, released_to_model_state
 from depthlib.training.plan import DataPosition
+from depthlib.training.records import jsonl
 
 RUN_STATE_FILE = "run_state.json"  # <output>/run_state.json: written when a run finishes
 
@@ -80,7 +81,7 @@ def write_checkpoint_dir(directory: str, *, model_state: dict, encoder: str, opt
         "train_state.json": json.dumps({
             "step": state.step, "data_position": state.position.to_dict(), "data_skipped": state.data_skipped,
             "best_val_abs_rel": state.best_val_abs_rel, "config": config}, indent=1).encode(),
-        "metrics.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n" for r in state.history).encode(),
+        "metrics.jsonl": jsonl(state.history),
     }
     for name, data in files.items():
         with open(os.path.join(directory, name), "wb") as f:
