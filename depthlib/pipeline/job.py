@@ -1,0 +1,41 @@
+"""``run_pipeline(config)``: build the stage list, run it with the skip / resume / refuse rules, report.
+
+Expects Ray to be initialised (``ray_jobs/pipeline.py`` and ``depthlib.demo``
+do it); every stage job uses the cluster this process is connected to.
+"""
+
+from __future__ import annotations
+
+import time
+
+from depthlib import storage
+from depthlib.pipeline import report as report_mod
+from depthlib.pipeline.config import PipelineConfig
+from depthlib.pipeline.runner import run_stages
+from depthlib.pipeline.stages import build_plan
+
+
+def run_pipeline(config: PipelineConfig, log=print) -> dict:
+    """Run (or resume) every stage under ``config.storage``; returns the report (``<storage>/report.json``).
+
+    Raises :class:`depthlib.pipeline.runner.StageSettingsChanged` before
+    running anything when a stage that started or finished before would now
+    get other settings (``config.rerun`` names the stages to redo).
+    """
+    t0 = time.time()
+    plan = build_plan(config)
+    s3 = storage.S3Config.from_env() if storage.is_s3(plan.root) else None
+    storage.set_default_s3(s3)
+    outcomes = run_stages(plan.root, plan.stages, config.rerun, config.discard_replaced, log)
+    models, benchmarks, protocol = report_mod.model_table(plan)
+    report = {
+        "models": models, "benchmarks": benchmarks, "metric_from": plan.base_student, "protocol": protocol,
+        "stages": {n: {"status": o.status, "seconds": o.seconds} for n, o in outcomes.items()},
+        "seconds": round(time.time() - t0, 1), "storage": storage.redact(plan.root),
+        "pictures": {k: storage.redact(v) for k, v in report_mod.pictures(plan).items()},
+        "preset": config.preset,
+    }
+    report_mod.write(plan.root, report)
+    log("[pipeline] results:\n" + report_mod.format_table(models, protocol, plan.base_student))
+    log(f"[pipeline] report: {storage.redact(storage.join(plan.root, 'report.md'))} ({report['seconds']:.0f}s)")
+    return report

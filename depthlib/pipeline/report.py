@@ -1,0 +1,123 @@
+"""The pipeline's summary: one table of every model on the held-out sets, read from the evaluation reports.
+
+Written after every run as ``<storage>/report.json`` and ``report.md``::
+
+    {"models": {"untrained" | "teacher" | "student_<enc>" | "metric":
+                    {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}}},
+     "benchmarks": {model: {dataset: {"abs_rel", "d1"} or {"accuracy"}}},
+     "metric_from": "student_<enc>", "stages": {stage: {"status", "seconds"}}, "seconds": ..., "pictures": {...}}
+
+AbsRel and delta1 of relative models are after the per-image least-squares
+scale and shift in disparity (the zero-shot protocol); the metric model's are
+in metres, unaligned. ``pair_accuracy`` is the share of DA-2K-style pairs
+(sampled on the held-out ground truth) ordered right.
+"""
+
+from __future__ import annotations
+
+import json
+
+from depthlib import storage
+from depthlib.pipeline.stages import HELDOUT_SETS, PAIRS_DATASET, Plan
+
+SET_TITLES = {"synthetic": "synthetic-style held-out", "photo": "photo-style held-out (the \"real\" domain)"}
+
+
+def model_table(plan: Plan) -> tuple[dict, dict, dict]:
+    """``(models, benchmarks, protocol)`` from each model's ``evaluate/<model>/report.json``."""
+    models, benchmarks = {}, {}
+    protocol = {}
+    for m in plan.models:
+        report = json.loads(storage.read_bytes(storage.join(plan.root, "evaluate", m.name, "report.json")))
+        ds = report["datasets"]
+        by_scene = ds[PAIRS_DATASET]["by_scene"]
+        models[m.name] = {s: {"abs_rel": ds[f"shards.{s}"]["abs_rel"], "d1": ds[f"shards.{s}"]["d1"],
+                              "pair_accuracy": by_scene.get(s)} for s in HELDOUT_SETS}
+        for s in HELDOUT_SETS:
+            p = ds[f"shards.{s}"]["protocol"]
+            protocol.setdefault(s, {"images": ds[f"shards.{s}"]["n_images"], "min_depth": p["min_depth"],
+                                    "max_depth": p["max_depth"],
+                                    "pairs": ds[PAIRS_DATASET]["pairs_by_scene"].get(s)})
+        rest = {n: ({"accuracy": e["accuracy"], "n_pairs": e["n_pairs"]} if "accuracy" in e
+                    else {"abs_rel": e["abs_rel"], "d1": e["d1"], "n_images": e["n_images"]})
+                for n, e in ds.items() if not n.startswith("shards.") and n != PAIRS_DATASET}
+        if rest:
+            benchmarks[m.name] = rest
+    return models, benchmarks, protocol
+
+
+def pictures(plan: Plan) -> dict[str, str]:
+    """Where a person would look: training curves and samples, labels, evaluation grids."""
+    at = lambda *p: storage.join(plan.root, *p)  # noqa: E731
+    out = {"pseudo_labels": at("pseudo_labels", "samples") + "/"}
+    for s in plan.stages:
+        if s.name in ("teacher", "metric") or s.name.startswith("student_"):
+            out[f"{s.name} curves"] = at(s.name, "curves.png")
+            out[f"{s.name} validation samples"] = at(s.name, "samples") + "/"
+    for m in plan.models:
+        out[f"{m.name} evaluation"] = at("evaluate", m.name, "report.md")
+        out[f"{m.name} photo-style samples"] = at("evaluate", m.name, "shards.photo", "samples.png")
+    return out
+
+
+def _pct(x) -> str:
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def _num(x) -> str:
+    return "  -   " if x is None else f"{x:6.3f}"
+
+
+def format_table(models: dict, protocol: dict, metric_from: str | None = None) -> str:
+    """A plain-text table: one row per model, AbsRel / delta1 / pair accuracy per held-out set."""
+    name_w = max(12, *(len(n) + 10 for n in models))
+    head1 = " " * name_w + "".join(f"  {SET_TITLES.get(s, s)[:30]:<30}" for s in HELDOUT_SETS)
+    head2 = f"{'model':<{name_w}}" + "".join(f"  {'AbsRel':>6} {'delta1':>6} {'pairs':>7}      " for _ in HELDOUT_SETS)
+    lines = [head1, head2]
+    for name, row in models.items():
+        label = name + (" (metres)" if name == "metric" else "")
+        cells = "".join(f"  {_num(row[s]['abs_rel'])} {_num(row[s]['d1'])} {_pct(row[s]['pair_accuracy']):>7}      "
+                        for s in HELDOUT_SETS)
+        lines.append(f"{label:<{name_w}}{cells}")
+    notes = []
+    for s in HELDOUT_SETS:
+        p = protocol.get(s, {})
+        if p:
+            notes.append(f"{s}: {p['images']} images, depth {p['min_depth']:g}-{p['max_depth']:g} m, "
+                         f"{p['pairs']} pairs")
+    lines.append("AbsRel lower is better, delta1 and pairs (DA-2K-style pair accuracy) higher. Relative models: "
+                 "per-image least-squares scale and shift in disparity; metric: metres, unaligned"
+                 + (f" (fine-tuned from {metric_from})" if metric_from else "") + ".")
+    if notes:
+        lines.append("; ".join(notes) + ".")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Pipeline report", "",
+             "| model | " + " | ".join(f"{s} AbsRel ↓ | {s} δ1 ↑ | {s} pairs ↑" for s in HELDOUT_SETS) + " |",
+             "|---|" + "---|---|---|" * len(HELDOUT_SETS)]
+    for name, row in report["models"].items():
+        cells = []
+        for s in HELDOUT_SETS:
+            r = row[s]
+            cells += [f"{r['abs_rel']:.3f}", f"{r['d1']:.3f}",
+                      "–" if r["pair_accuracy"] is None else f"{100 * r['pair_accuracy']:.1f}%"]
+        lines.append(f"| {name}{' (m)' if name == 'metric' else ''} | " + " | ".join(cells) + " |")
+    lines += ["", "Relative models: per-image least-squares scale and shift in disparity (zero-shot protocol); "
+              f"the metric model (fine-tuned from {report['metric_from']}): metres, no alignment. "
+              "Pairs: DA-2K-style pair accuracy on pairs sampled on the held-out ground truth.", ""]
+    for name, entries in report.get("benchmarks", {}).items():
+        lines.append(f"- **{name}** benchmarks: " + ", ".join(
+            f"{n} {100 * e['accuracy']:.1f}%" if "accuracy" in e else f"{n} AbsRel {e['abs_rel']:.3f} δ1 {e['d1']:.3f}"
+            for n, e in entries.items()))
+    lines += ["", "## Stages", "", "| stage | this run | seconds |", "|---|---|---|"]
+    lines += [f"| {n} | {s['status']} | {s['seconds']:.0f} |" for n, s in report["stages"].items()]
+    lines += ["", "## Pictures and reports", ""]
+    lines += [f"- {k}: `{v}`" for k, v in report["pictures"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(root: str, report: dict) -> None:
+    storage.write_bytes(storage.join(root, "report.json"), json.dumps(report, indent=2).encode())
+    storage.write_bytes(storage.join(root, "report.md"), markdown(report).encode())

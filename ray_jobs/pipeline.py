@@ -1,0 +1,47 @@
+"""The whole Depth Anything V2 recipe in one Ray job: synthetic scenes -> teacher -> pseudo labels
+of an unlabeled bucket -> students -> metric fine-tune -> evaluation.
+
+    python ray_jobs/pipeline.py --preset demo --storage demo_output          # this machine, ~10 min
+    python ray_jobs/pipeline.py --preset gpu_vitl --storage s3://bucket/pipeline \
+        --unlabeled s3://bucket/unlabeled --pretrained vits=s3://.../dinov2_vits14_pretrain.pth ...
+
+or through ``RAY_AUTH_MODE=token ray job submit --working-dir . -- python ray_jobs/pipeline.py ...``.
+Settings: dataclass defaults < ``--preset NAME`` < ``--config FILE.yaml`` < flags (``--help``).
+Every stage writes under ``--storage``; re-running the same command skips
+finished stages and resumes the interrupted one; a finished stage whose
+settings changed is refused (name it in ``--rerun`` to redo it and what
+follows). The work is in ``depthlib/pipeline/``; the stages are the jobs of
+``ray_jobs/make_synthetic.py``, ``pseudo_label.py``, ``train.py`` and ``evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
+
+from depthlib.cli import parse_layered_config  # noqa: E402
+from depthlib.pipeline.config import PRESETS, PipelineConfig  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    try:
+        config = parse_layered_config(PipelineConfig, argv, PRESETS)
+    except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
+        print(f"pipeline.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    import ray
+
+    from depthlib.pipeline import StageSettingsChanged, run_pipeline
+
+    ray.init()  # joins RAY_ADDRESS (set by `ray job submit`) or starts a local cluster
+    try:
+        return run_pipeline(config)
+    except StageSettingsChanged as e:
+        print(f"pipeline.py: refused: {e}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
