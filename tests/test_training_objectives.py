@@ -202,3 +202,41 @@ def test_resume_refuses_changed_settings_but_allows_schedule_ones():
                                                  log_every=5, workers=3)) == []
     diffs = config_differences(saved, TrainConfig(stage="teacher", data=["d"], output="o", lr=1e-3, crop=266))
     assert [d.split(":")[0] for d in diffs] == ["crop", "lr"]
+
+
+def test_tensorboard_tracker_writes_the_rows_to_the_output(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from depthlib.training.records import Tracker
+
+    tracker = Tracker("tensorboard", str(tmp_path / "run"), "run", {}, "unused")
+    for step, loss in ((10, 0.5), (20, 0.25)):
+        tracker.log({"step": step, "time": 1.0 + step, "loss": loss, "lr": 1e-4, "note": "text is skipped"})
+    tracker.close()
+    files = list((tmp_path / "run" / "tensorboard").iterdir())
+    assert len(files) == 1
+    events = EventAccumulator(str(files[0]))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["loss", "lr"]
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(10, 0.5), (20, 0.25)]
+
+
+def test_curves_and_samples_pictures():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from depthlib.training.records import curves_png, samples_grid
+
+    rows = [{"step": s, "loss": 1.0 / s, "ssi": 0.5 / s, "gm": 0.2 / s, "lr": 1e-4} for s in (10, 20, 30)]
+    rows.append({"step": 30, "loss": 0.03, "lr": 1e-4, "val_abs_rel": 0.3, "val_d1": 0.6})
+    png = Image.open(io.BytesIO(curves_png(rows, "t")))
+    assert png.size[0] > 600 and png.size[1] > 200
+    image = np.zeros((14, 28, 3), np.uint8)
+    depth = np.linspace(1, 5, 14 * 28).reshape(14, 28)
+    grid = samples_grid([image, image], [1 / depth, 1 / depth], [depth, depth], [depth > 2, depth > 0], metric=False)
+    assert grid.shape == (28, 84, 3)
+    metric = samples_grid([image], [depth * 2], [depth], [depth > 0], metric=True)
+    # one colour scale: the prediction (twice the depth) is darker than the target almost everywhere
+    assert metric[:, 28:56].astype(int).sum() < metric[:, 56:].astype(int).sum()
