@@ -363,6 +363,7 @@ def _check_report(report: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_pipeline_killed_after_the_teacher_resumes_and_skips_finished_stages(ray_session, tmp_path):
     import ray
 
@@ -432,13 +433,21 @@ def _run(cmd: list[str], env: dict, timeout: float = 120) -> subprocess.Complete
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _http_status(url: str, token: str | None = None) -> int:
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    """(HTTP status, body) of a GET (status 0: nothing answers yet), never through a proxy."""
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
+        with opener.open(req, timeout=10) as r:
+            return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, b""
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def _http_status(url: str, token: str | None = None) -> int:
+    return _get(url, token)[0]
 
 
 def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
@@ -472,6 +481,7 @@ def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.s3
+@pytest.mark.timeout(1200)
 def test_end_to_end_ray_job_submit_to_a_token_authenticated_head(s3_server):
     ray_bin = str(Path(sys.executable).parent / "ray")
     # A short private directory (Ray's socket paths must stay short): the head's temp dir and a HOME
@@ -516,16 +526,18 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head(s3_server):
                        "--preset", "smoke", "--storage", storage_uri], client_env, timeout=300)
         assert submit.returncode == 0, submit.stdout + submit.stderr
         job_id = re.search(r"(raysubmit_\w+)", submit.stdout + submit.stderr).group(1)
-        deadline = time.time() + 1200
+        deadline = time.time() + 900
         state = ""
-        while time.time() < deadline:
-            status = _run([ray_bin, "job", "status", "--address", address, job_id], client_env)
-            state = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED") if s in status.stdout), "")
-            if state:
+        while time.time() < deadline:  # the job's state, as the dashboard's Jobs page reads it
+            code, body = _get(f"{address}/api/jobs/{job_id}", token)
+            state = json.loads(body)["status"] if code == 200 else ""
+            if state in ("SUCCEEDED", "FAILED", "STOPPED"):
                 break
             time.sleep(5)
+        status = _run([ray_bin, "job", "status", "--address", address, job_id], client_env)
         logs = _run([ray_bin, "job", "logs", "--address", address, job_id], client_env).stdout
         assert state == "SUCCEEDED", f"job {job_id}: {state or 'timed out'}\n{logs[-6000:]}"
+        assert f"Job '{job_id}' succeeded" in status.stdout
         assert "[pipeline] results:" in logs and s3_server.secret_access_key not in logs
 
         # every stage's outputs and the final report, read back from S3
