@@ -20,7 +20,7 @@ import json
 from depthlib import storage
 from depthlib.pipeline.stages import HELDOUT_SETS, PAIRS_DATASET, Plan
 
-SET_TITLES = {"synthetic": "synthetic-style held-out", "photo": "photo-style held-out (the \"real\" domain)"}
+SET_TITLES = {"synthetic": "synthetic-style held-out", "photo": "photo-style held-out (\"real\")"}
 
 
 def model_table(plan: Plan) -> tuple[dict, dict, dict]:
@@ -61,33 +61,30 @@ def pictures(plan: Plan) -> dict[str, str]:
 
 
 def _pct(x) -> str:
-    return "   -  " if x is None else f"{100 * x:5.1f}%"
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def _num(x) -> str:
-    return "  -   " if x is None else f"{x:6.3f}"
+    return "-" if x is None else f"{x:.3f}"
 
 
 def format_table(models: dict, protocol: dict, metric_from: str | None = None) -> str:
     """A plain-text table: one row per model, AbsRel / delta1 / pair accuracy per held-out set."""
-    name_w = max(12, *(len(n) + 10 for n in models))
-    head1 = " " * name_w + "".join(f"  {SET_TITLES.get(s, s)[:30]:<30}" for s in HELDOUT_SETS)
-    head2 = f"{'model':<{name_w}}" + "".join(f"  {'AbsRel':>6} {'delta1':>6} {'pairs':>7}      " for _ in HELDOUT_SETS)
-    lines = [head1, head2]
+    name_w = max(len("model"), *(len(n) + len(" (metres)") for n in models)) + 2
+    group = 30
+    lines = [(" " * name_w + "".join(f"{SET_TITLES.get(s, s):<{group}}" for s in HELDOUT_SETS)).rstrip(),
+             (f"{'model':<{name_w}}" + "".join(f"{'AbsRel':>7}{'delta1':>8}{'pairs':>8}{'':{group - 23}}"
+                                                for _ in HELDOUT_SETS)).rstrip()]
     for name, row in models.items():
         label = name + (" (metres)" if name == "metric" else "")
-        cells = "".join(f"  {_num(row[s]['abs_rel'])} {_num(row[s]['d1'])} {_pct(row[s]['pair_accuracy']):>7}      "
-                        for s in HELDOUT_SETS)
-        lines.append(f"{label:<{name_w}}{cells}")
-    notes = []
-    for s in HELDOUT_SETS:
-        p = protocol.get(s, {})
-        if p:
-            notes.append(f"{s}: {p['images']} images, depth {p['min_depth']:g}-{p['max_depth']:g} m, "
-                         f"{p['pairs']} pairs")
+        cells = "".join(f"{_num(row[s]['abs_rel']):>7}{_num(row[s]['d1']):>8}{_pct(row[s]['pair_accuracy']):>8}"
+                        f"{'':{group - 23}}" for s in HELDOUT_SETS)
+        lines.append(f"{label:<{name_w}}{cells}".rstrip())
     lines.append("AbsRel lower is better, delta1 and pairs (DA-2K-style pair accuracy) higher. Relative models: "
                  "per-image least-squares scale and shift in disparity; metric: metres, unaligned"
                  + (f" (fine-tuned from {metric_from})" if metric_from else "") + ".")
+    notes = [f"{s}: {p['images']} images, depth {p['min_depth']:g}-{p['max_depth']:g} m, {p['pairs']} pairs"
+             for s, p in protocol.items() if p]
     if notes:
         lines.append("; ".join(notes) + ".")
     return "\n".join(lines)
