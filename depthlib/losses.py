@@ -41,6 +41,7 @@ __all__ = [
     "relative_depth_loss",
     "feature_alignment_loss",
     "silog_loss",
+    "median_and_mad",
 ]
 
 _METHODS = ("lstsq", "median")
@@ -77,7 +78,7 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _median_and_mad(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+def median_and_mad(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per image (shape ``B``): median and mean absolute deviation from it, over
     valid pixels. The median is torch's: the lower of the two middle values
     for an even count. An image without valid pixels gives ``(0, 0)``."""
@@ -93,7 +94,7 @@ def _median_and_mad(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 def _median_normalise(x: Tensor, mask: Tensor) -> Tensor:
     """``(x - median) / mean|x - median|`` per image over valid pixels (V1 paper).
     A constant image (zero deviation) maps to 0 instead of NaN."""
-    med, mad = _median_and_mad(x, mask)
+    med, mad = median_and_mad(x, mask)
     centred = torch.where(mask.flatten(1), x.flatten(1) - med[:, None], 0.0)
     safe_mad = torch.where(mad > 0, mad, 1.0)
     return (centred / safe_mad[:, None]).view_as(x)
@@ -117,8 +118,8 @@ def _aligned_pair(pred: Tensor, target: Tensor, mask: Tensor, method: str) -> tu
     """
     if method == "lstsq":
         scale, shift = align_scale_shift(pred, target, mask)
-        med_p, mad_p = _median_and_mad(pred, mask)
-        med_t, mad_t = _median_and_mad(target, mask)
+        med_p, mad_p = median_and_mad(pred, mask)
+        med_t, mad_t = median_and_mad(target, mask)
         robust_scale = (mad_t / torch.where(mad_p > 0, mad_p, 1.0)).to(scale.dtype)
         inverted = scale < 0
         scale = torch.where(inverted, robust_scale, scale)

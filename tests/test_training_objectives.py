@@ -240,3 +240,19 @@ def test_curves_and_samples_pictures():
     metric = samples_grid([image], [depth * 2], [depth], [depth > 0], metric=True)
     # one colour scale: the prediction (twice the depth) is darker than the target almost everywhere
     assert metric[:, 28:56].astype(int).sum() < metric[:, 56:].astype(int).sum()
+
+
+def test_normalised_targets_weigh_every_image_the_same():
+    from depthlib.training.objectives import normalise_disparity
+
+    _, target, mask = _maps(4, b=2)
+    scaled = target.clone()
+    scaled[1] *= 50.0  # a scene 50x nearer: 50x the disparity
+    norm = normalise_disparity(scaled, mask)
+    torch.testing.assert_close(norm, normalise_disparity(target, mask))  # per-image scale removed
+    pred = torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(9))
+    per_image = relative_depth_loss(pred, norm, mask, reduction="none")["loss"]
+    same = relative_depth_loss(pred, normalise_disparity(target, mask), mask, reduction="none")["loss"]
+    torch.testing.assert_close(per_image, same)  # the 50x image does not weigh 50x
+    torch.testing.assert_close(normalise_disparity(torch.ones(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool)),
+                               torch.ones(1, 4, 4))  # no spread: unchanged
