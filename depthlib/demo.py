@@ -100,10 +100,10 @@ def main(argv=None) -> dict:
                                "preset": cfg.preset})
     pipeline_report = run_pipeline(config, log=_log)
     report = demo_report(pipeline_report, time.time() - t0)
-    out = storage.join(cfg.output, "demo_report.json")
-    storage.write_bytes(out, json.dumps(report, indent=2).encode())
+    root = pipeline_report["storage"]  # the absolute output location
+    out = storage.join(root, "demo_report.json")
+    storage.write_bytes(storage.join(cfg.output, "demo_report.json"), json.dumps(report, indent=2).encode())
 
-    root = pipeline_report["storage"]
     print("\n" + "=" * 100)
     print(f"Depth Anything V2 in miniature ({cfg.preset} preset, {report['seconds']:.0f} s this run; "
           f"student = {pipeline_report['metric_from']})\n")
