@@ -26,8 +26,11 @@ from depthlib.pipeline.config import PRESETS, PipelineConfig  # noqa: E402
 
 
 def main(argv=None) -> dict:
+    from depthlib.pipeline.stages import build_plan
+
     try:
         config = parse_layered_config(PipelineConfig, argv, PRESETS)
+        build_plan(config)  # every stage's job config is built and checked before Ray starts
     except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
         print(f"pipeline.py: error: {e}", file=sys.stderr)
         sys.exit(2)

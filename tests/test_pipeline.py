@@ -243,6 +243,10 @@ def test_command_line_layers_and_help():
                           "s3://b/x"], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert bad.returncode == 2 and "give --unlabeled URI" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "pipeline.py"), "--preset", "smoke", "--storage",
+                          "s3://b/x", "--teacher-preset", "nope"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert bad.returncode == 2 and "unknown training preset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_relative_settings_name_the_storage_not_its_location():
