@@ -131,6 +131,9 @@ class TrainDataset:
         storage.set_default_s3(self.s3)
         position, step = latest_position(self.output)
         end = self.plan.end_group(position.next_group, max(0, self.steps - step) * self.global_batch)
+        print(f"[train] data stream for step {step}: groups {position.next_group}..{end - 1} "
+              f"({len(position.skip)} finished ones skipped), {self.plan.groups_per_epoch} groups per epoch",
+              flush=True)
         return data_mod.train_dataset(self.plan_ref, self.plan, self.spec, position, end, self.data_cpus,
                                       storage.join(self.output, data_mod.ERRORS_DIR), self.s3)
 
