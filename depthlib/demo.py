@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -92,12 +93,18 @@ def main(argv=None) -> dict:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
 
-    from depthlib.pipeline import PRESETS, PipelineConfig, run_pipeline
+    from depthlib.pipeline import PRESETS, PipelineConfig, StageSettingsChanged
+    from depthlib.pipeline.job import check, run_pipeline
     from depthlib.pipeline.report import format_table
 
-    ray.init(include_dashboard=False, ignore_reinit_error=True, configure_logging=False, log_to_driver=False)
     config = PipelineConfig(**{**PRESETS[cfg.preset], "storage": cfg.output, "rerun": cfg.rerun,
                                "preset": cfg.preset})
+    try:
+        check(config)  # before Ray starts
+    except StageSettingsChanged as e:  # e.g. the preset's recipe changed since this output was made
+        print(f"[demo] refused: {e}\nOr start over: rm -rf {cfg.output}", file=sys.stderr)
+        sys.exit(3)
+    ray.init(include_dashboard=False, ignore_reinit_error=True, configure_logging=False, log_to_driver=False)
     pipeline_report = run_pipeline(config, log=_log)
     report = demo_report(pipeline_report, time.time() - t0)
     root = pipeline_report["storage"]  # the absolute output location

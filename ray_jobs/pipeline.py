@@ -26,24 +26,22 @@ from depthlib.pipeline.config import PRESETS, PipelineConfig  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    from depthlib.pipeline.stages import build_plan
+    from depthlib.pipeline import StageSettingsChanged
+    from depthlib.pipeline.job import check, run_pipeline
 
     try:
         config = parse_layered_config(PipelineConfig, argv, PRESETS)
-        build_plan(config)  # every stage's job config is built and checked before Ray starts
+        check(config)  # every stage's job config built, every stage's record read: before Ray starts
+    except StageSettingsChanged as e:
+        print(f"pipeline.py: refused: {e}", file=sys.stderr)
+        sys.exit(3)
     except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
         print(f"pipeline.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     import ray
 
-    from depthlib.pipeline import StageSettingsChanged, run_pipeline
-
     ray.init()  # joins RAY_ADDRESS (set by `ray job submit`) or starts a local cluster
-    try:
-        return run_pipeline(config)
-    except StageSettingsChanged as e:
-        print(f"pipeline.py: refused: {e}", file=sys.stderr)
-        sys.exit(3)
+    return run_pipeline(config)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,17 @@ import time
 from depthlib import storage
 from depthlib.pipeline import report as report_mod
 from depthlib.pipeline.config import PipelineConfig
-from depthlib.pipeline.runner import run_stages
-from depthlib.pipeline.stages import build_plan
+from depthlib.pipeline.runner import plan as decide, run_stages
+from depthlib.pipeline.stages import Plan, build_plan
+
+
+def check(config: PipelineConfig) -> tuple[Plan, dict[str, str]]:
+    """Build every stage's config and decide each stage (skip / run / rerun) from the records
+    under ``config.storage``, without Ray. Raises ``ValueError`` for a bad setting and
+    :class:`depthlib.pipeline.runner.StageSettingsChanged` for a stage refused."""
+    plan = build_plan(config)
+    storage.set_default_s3(storage.S3Config.from_env() if storage.is_s3(plan.root) else None)
+    return plan, decide(plan.root, plan.stages, config.rerun)
 
 
 def run_pipeline(config: PipelineConfig, log=print) -> dict:
@@ -23,9 +32,7 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict:
     get other settings (``config.rerun`` names the stages to redo).
     """
     t0 = time.time()
-    plan = build_plan(config)
-    s3 = storage.S3Config.from_env() if storage.is_s3(plan.root) else None
-    storage.set_default_s3(s3)
+    plan, _ = check(config)
     outcomes = run_stages(plan.root, plan.stages, config.rerun, config.discard_replaced, log)
     models, benchmarks, protocol = report_mod.model_table(plan)
     report = {

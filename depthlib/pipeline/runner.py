@@ -184,7 +184,6 @@ def plan(root: str, stages: list[Stage], rerun: Iterable[str] = ()) -> dict[str,
                                                for o in s.outputs)
         decisions[s.name] = "skip" if complete else "run"
     if refused:
-        first = next(iter(refused))
         lines = []
         for name, diffs in refused.items():
             rec = read_record(root, name) or {}
@@ -193,9 +192,8 @@ def plan(root: str, stages: list[Stage], rerun: Iterable[str] = ()) -> dict[str,
             lines += [f"    {d}" for d in diffs]
         raise StageSettingsChanged(
             "\n".join(lines) + f"\nKeep the settings it ran with, use another --storage, or re-run it and the stages "
-            f"after it that read from it: --rerun {' '.join(refused)} (old outputs go to "
-            f"{storage.redact(storage.join(root, REPLACED))}/, or are deleted with --discard-replaced). "
-            f"First refused stage: {first}.", refused)
+            f"that read from it: --rerun {' '.join(refused)} (old outputs go to "
+            f"{storage.redact(storage.join(root, REPLACED))}/, or are deleted with --discard-replaced).", refused)
     return decisions
 
 
