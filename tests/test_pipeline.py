@@ -116,6 +116,19 @@ def test_rerun_redoes_a_stage_and_what_reads_from_it_and_moves_old_outputs_aside
         f.run(rerun=["teacher"])
 
 
+def test_rerun_moves_old_outputs_aside_in_local_and_s3_storage(storage_root):
+    f = Fakes(storage_root.uri)
+    f.run()
+    f.run(rerun=["c"])
+    assert f.calls == ["c", "evaluate/x"]
+    keys = [o.key for o in storage.list_objects(f.root)]
+    moved = sorted(k for k in keys if k.startswith("_replaced/"))
+    assert len(moved) == 4 and all(k.endswith(("/out.txt", "/_stage.json")) for k in moved)
+    assert any(re.fullmatch(r"_replaced/c-\d{8}T\d{6}Z/out\.txt", k) for k in moved)
+    assert storage.read_bytes(storage.join(f.root, "c", "out.txt")) == b"c"  # the new output
+    assert runner.read_record(f.root, "c")["complete"] is True
+
+
 def test_an_interrupted_stage_is_resumed_and_finished_ones_are_skipped(tmp_path):
     f = Fakes(str(tmp_path))
     f.fail = {"c"}

@@ -219,7 +219,7 @@ def move_aside(root: str, name: str, discard: bool, log: Callable[[str], None]) 
         for o in objects:  # server-side copies, then deletes: the old outputs stay readable until moved
             sb, sk = storage.split_s3(o.uri)
             db, dk = storage.split_s3(storage.join(dst, o.key))
-            storage.retry(lambda: client.copy({"Bucket": sb, "Key": sk}, db, dk))
+            storage.retry(lambda: client.copy({"Bucket": sb, "Key": sk}, db, dk), uri=o.uri)
             storage.delete(o.uri)
     else:
         import os
