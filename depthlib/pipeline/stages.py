@@ -93,9 +93,6 @@ class Plan:
     stages: list[Stage]
     models: list[Model]
     base_student: str  # the stage of the student the metric model is fine-tuned from
-    heldout: dict[str, str]  # held-out set -> shards URI
-    pairs: str  # DA-2K-style folder
-    input_size: int
 
 
 def _train_config(cfg: PipelineConfig, kind: str, preset: str, stage_name: str | None, root: str, **fields):
@@ -250,7 +247,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
         stages.append(Stage(f"evaluate/{m.name}", _settings(ev, EVAL_OPERATIONAL, root), _evaluate(m.name, ev),
                             ("report.json",), (m.stage, "heldout"),
                             describe=f"{m.name} on the held-out sets" + (" and benchmarks" if cfg.benchmark else "")))
-    return Plan(root, stages, models, base_name, heldout, pairs, input_size)
+    return Plan(root, stages, models, base_name)
 
 
 # --------------------------------------------------------------------------- stage bodies
