@@ -14,7 +14,7 @@ from depthlib.models.checkpoints import model_state_to_released
 from depthlib.training.config import PRESETS, TrainConfig, config_differences
 from depthlib.training.objectives import MetricObjective, RelativeObjective, region_relative_loss
 from depthlib.training.optim import lr_factor, make_optimizer, make_scheduler, param_groups
-from depthlib.training.weights import frozen_encoder, initialise, load_encoder_strict
+from depthlib.training.weights import frozen_encoder, initialise, load_encoder_strict, start_metric_head_at
 
 
 def _maps(seed=0, b=3, h=28, w=28):
@@ -139,6 +139,25 @@ def test_initialise_from_released_file_whole_or_encoder_only(tmp_path):
         else:
             torch.testing.assert_close(v, head_before[k])  # fresh head
     assert initialise(build_model("tiny"), None, None, encoder_only=False) is None
+
+
+def test_fresh_metric_head_starts_at_the_given_depth():
+    torch.manual_seed(3)
+    model = build_model("tiny", metric=True, max_depth=20.0).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+    start_metric_head_at(model, 2.5)
+    last = model.depth_head.scratch.output_conv2[2]
+    # sigmoid(b) * max_depth = 2.5: b = log(0.125 / 0.875)
+    assert float(last.bias) == pytest.approx(math.log(0.125 / 0.875), rel=1e-6)
+    with torch.no_grad():
+        after = model(x)
+        assert float(before.mean()) > 5.0 and abs(float(after.median()) - 2.5) < 0.5
+        last.weight.zero_()  # only the bias left: exactly the start depth everywhere
+        torch.testing.assert_close(model(x), torch.full_like(after, 2.5))
+    with pytest.raises(ValueError, match="metric model"):
+        start_metric_head_at(build_model("tiny"), 2.5)
 
 
 def test_pretrained_encoder_in_dinov2_and_timm_layouts(tmp_path):

@@ -79,6 +79,9 @@ class TrainConfig:
     min_depth: float = field(default=1e-3, metadata={"help": "metric stage: smallest valid depth, m"})
     max_depth: float = field(default=20.0, metadata={"help": "metric stage: depth of a sigmoid output of 1, m "
                                                               "(Hypersim 20, Virtual KITTI 80)"})
+    head_start_depth: Optional[float] = field(default=None, metadata={
+        "help": "metric stage: depth (m) the fresh head outputs at step 0; default: the median valid depth "
+                "of the first training rows"})
 
     # Augmentation (applied on CPU by the data tasks).
     color_jitter: bool = field(default=False, metadata={"help": "random brightness, contrast, saturation, hue"})

@@ -234,6 +234,26 @@ def count_data_errors(errors_uri: str) -> int:
     return total
 
 
+def median_depth(index: ShardIndex, min_depth: float, max_depth: float, rows: int = 64) -> float:
+    """Median of the valid depths in ``(min_depth, max_depth)`` over about
+    ``rows`` rows spread over the index's first row groups (metres)."""
+    values = []
+    for f, rg, _ in zip(*index.items()):
+        for row in _read_item(index.files[int(f)], int(rg))[: max(1, rows // 8)]:
+            try:
+                _, depth, valid = _decode(row)
+            except Exception:  # noqa: BLE001 - a bad row is skipped here as in training
+                continue
+            values.append(depth[valid & (depth > min_depth) & (depth < max_depth)])
+        if sum(len(v) > 0 for v in values) >= rows:
+            break
+    values = np.concatenate(values) if values else np.zeros(0)
+    if not len(values):
+        raise ValueError(f"no valid depth in ({min_depth}, {max_depth}) m in the first training rows: "
+                         f"is --max-depth right for this data, and does it hold metric depth?")
+    return float(np.median(values))
+
+
 # --------------------------------------------------------------------------- validation
 
 

@@ -172,6 +172,10 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     storage.set_default_s3(s3)
     out = cfg.output
     check_inputs(cfg)
+    index = data_mod.load_or_build_index(out, cfg.data, log)
+    if cfg.metric and cfg.head_start_depth is None:
+        cfg.head_start_depth = round(data_mod.median_depth(index, cfg.min_depth, cfg.max_depth), 4)
+        log(f"[train] metric head starts at the training data's median depth, {cfg.head_start_depth} m")
     check_and_write_config(cfg, log)
     finished = read_run_state(out)
     if finished and finished.get("finished_step", 0) >= cfg.steps:
@@ -179,7 +183,6 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
             f"{json.dumps(finished.get('final', {}), sort_keys=True)}")
         return finished
 
-    index = data_mod.load_or_build_index(out, cfg.data, log)
     plan = GroupPlan(index, cfg.seed, cfg.rows_per_group)
     stage = STAGES[cfg.stage]
     spec = ExampleSpec(target=stage.target, crop=cfg.crop, flip=cfg.flip, color_jitter=cfg.color_jitter,

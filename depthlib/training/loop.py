@@ -46,7 +46,7 @@ from depthlib.training.optim import make_optimizer, make_scheduler
 from depthlib.training.plan import ConsumptionLedger, GroupPlan
 from depthlib.training.state import (TrainState, read_checkpoint_dir, set_rng_state, write_checkpoint_dir,
                                      write_run_state)
-from depthlib.training.weights import frozen_encoder, initialise
+from depthlib.training.weights import frozen_encoder, initialise, start_metric_head_at
 from depthlib.transforms import normalize
 
 FINAL_MODEL = "model.pth"
@@ -127,6 +127,8 @@ class Trainer:
 
         model = build_model(cfg.encoder, metric=self.stage.metric, max_depth=cfg.max_depth)
         source = initialise(model, cfg.init_from, cfg.pretrained_encoder, encoder_only=self.stage.metric)
+        if self.stage.metric and cfg.head_start_depth:
+            start_metric_head_at(model, cfg.head_start_depth)
         self.objective = self._objective(source)
         model.pretrained.grad_checkpointing = cfg.activation_checkpointing
 

@@ -18,6 +18,8 @@ and copies them to object storage (``aws s3 cp``); jobs then read the URI.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from depthlib import storage
@@ -96,3 +98,19 @@ def frozen_encoder(uri: str, encoder: str) -> DinoV2Encoder:
     module = DinoV2Encoder(get_spec(encoder))
     load_encoder_strict(module, load_state_dict_file(resolve_weights_uri(uri)), encoder, storage.redact(uri))
     return module.eval().requires_grad_(False)
+
+
+def start_metric_head_at(model: DepthAnythingV2, depth: float) -> None:
+    """Set the fresh metric head's last bias so its output starts at ``depth``
+    metres everywhere (``sigmoid(b) * max_depth = depth``).
+
+    With the default bias of ~0 the head starts at ``max_depth / 2`` (10 m for
+    Hypersim's 20 m), and Adam moves a bias by about the learning rate per
+    step, so a short fine-tune spends its steps dragging a constant towards
+    the data's scale instead of learning depth."""
+    if not model.metric:
+        raise ValueError("start_metric_head_at needs a metric model")
+    share = min(max(depth / model.max_depth, 1e-3), 1 - 1e-3)
+    last = model.depth_head.scratch.output_conv2[2]
+    with torch.no_grad():
+        last.bias.fill_(math.log(share / (1 - share)))
