@@ -475,10 +475,7 @@ def test_rayjob_entrypoint_is_a_script_with_flags_its_help_accepts(path):
     # shell syntax there would run in the submitter pod instead of on the cluster.
     assert not re.search(r"[;&|<>`$'\"\\(){}]", entrypoint), entrypoint
     script, args = parse_entrypoint(entrypoint)
-    if not (ROOT / "ray_jobs" / script).is_file():
-        if script == "pipeline.py":
-            pytest.skip("ray_jobs/pipeline.py is not in the tree yet (being written); its RayJob is checked once it is")
-        pytest.fail(f"{path.name}: ray_jobs/{script} does not exist")
+    assert (ROOT / "ray_jobs" / script).is_file(), f"{path.name}: ray_jobs/{script} does not exist"
     options, required = script_options(script)
     given = flag_values(args)
     assert not (required - set(given)), f"missing required flags {sorted(required - set(given))}"

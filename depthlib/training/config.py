@@ -52,7 +52,7 @@ class TrainConfig:
         "help": "GPUs per worker; default 1 if the cluster has GPUs, else 0"})
     cpus_per_worker: Optional[float] = field(default=None, metadata={
         "help": "CPUs reserved per worker; default 1 with GPUs, else at most half the cluster's CPUs "
-                "over the workers (the rest decode data)"})
+                "over the workers (the rest decode data); the worker runs that many torch threads (at least 1)"})
     data_cpus: float = field(default=1.0, metadata={"help": "CPUs per data-loading task (read, decode, augment)"})
 
     # Schedule.

@@ -197,7 +197,7 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg.to_dict(), "plan": plan_ref, "run_name": f"{path.rstrip('/').rsplit('/', 1)[-1]}",
-                           "s3": s3},
+                           "s3": s3, "torch_threads": max(1, int(cpus))},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpus > 0,
                                      resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
         run_config=RunConfig(
