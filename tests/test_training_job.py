@@ -304,10 +304,12 @@ def test_killed_driver_rerun_resumes(ray_session, data, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while not Path(output, RUN_NAME, "step-00000010", "train_state.json").exists():
+        # killed once Ray Train has registered the checkpoint at step 10 (the snapshot it resumes from);
+        # a checkpoint written but not yet registered is not resumed from, and its steps are redone
+        snapshot = Path(output, RUN_NAME, "checkpoint_manager_snapshot.json")
+        while not (snapshot.exists() and "step-00000010" in snapshot.read_text()):
             assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before a checkpoint"
-            time.sleep(0.5)
-        time.sleep(1.0)
+            time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -136,8 +136,7 @@ class Trainer:
         ckpt = ray.train.get_checkpoint()
         restored = None
         if ckpt is not None:
-            with ckpt.as_directory() as d:
-                restored = read_checkpoint_dir(d, cfg.encoder)
+            restored = _read_checkpoint(ckpt, cfg.encoder)
             self.state, model_state = restored[0], restored[1]
             model.load_state_dict(model_state, strict=True)
         self.raw_model = model.to(self.device)
@@ -419,6 +418,22 @@ class Trainer:
         if self.tracker:
             self.tracker.close()
         log.info(f"[train] finished at step {self.state.step}: {storage.redact(self.cfg.output)}/{FINAL_MODEL}")
+
+
+def _read_checkpoint(ckpt, encoder: str) -> tuple:
+    """:func:`read_checkpoint_dir` of a Ray checkpoint, read in place on a
+    local filesystem, else from this worker's own download.
+
+    Not ``Checkpoint.as_directory()``: for a remote checkpoint it shares one
+    download directory among the workers of a node, and one worker can delete
+    it or still be writing it while another reads (seen: two workers resuming
+    from S3, "PytorchStreamReader failed reading file")."""
+    import pyarrow.fs
+
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        return read_checkpoint_dir(ckpt.path, encoder)
+    with tempfile.TemporaryDirectory(prefix="depthlib-checkpoint-") as d:
+        return read_checkpoint_dir(ckpt.to_directory(d), encoder)
 
 
 def train_worker(loop_config: dict) -> None:
