@@ -272,6 +272,9 @@ def shards_table(uri: str) -> list[dict]:
     return pads.dataset(uri, format="parquet").to_table().to_pylist()
 
 
+# On S3 only: the local-directory path of checkpoints and resume is what every other test here runs.
+@pytest.mark.s3
+@pytest.mark.parametrize("storage_root", ["s3"], indirect=True)
 def test_checkpoints_in_storage_and_a_longer_rerun_resumes(data, storage_root):
     output = storage.join(storage_root.uri, "run")
     cfg = _config(data=[data["synthetic"]], output=output, steps=20, log_every=5, checkpoint_every=10,
