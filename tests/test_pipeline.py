@@ -89,6 +89,7 @@ def test_changed_settings_of_a_finished_stage_are_refused_before_anything_runs(t
     storage.delete(runner.record_uri(f.root, "a"))  # a would run again ...
     f.settings["b"]["nested"]["p"] = 2  # ... but b changed: nothing may run
     f.settings["c"]["new"] = True
+    f.settings["c"]["added_unset"] = None  # a setting added later and left unset is no change
     with pytest.raises(StageSettingsChanged) as e:
         f.run()
     assert f.calls == []
@@ -96,6 +97,7 @@ def test_changed_settings_of_a_finished_stage_are_refused_before_anything_runs(t
     msg = str(e.value)
     assert "stage 'b' finished with other settings" in msg and "nested.p: was 1, now 2" in msg
     assert "new: was '(unset)', now True" in msg and "--rerun b c" in msg
+    assert "added_unset" not in msg
 
 
 def test_rerun_redoes_a_stage_and_what_reads_from_it_and_moves_old_outputs_aside(tmp_path):

@@ -113,11 +113,14 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(saved: dict, now: dict) -> list[str]:
-    """``"name: was X, now Y"`` for every leaf setting that differs (dotted names for nested ones)."""
+    """``"name: was X, now Y"`` for every leaf setting that differs (dotted names for nested ones).
+
+    A setting absent on one side and None (unset) on the other is no change, as
+    in the training job's own check: a setting added to the code, left unset,
+    must not refuse the stages that finished before it existed."""
     a, b = _flatten(_normal(saved)), _flatten(_normal(now))
-    missing = object()
     return [f"{k}: was {a.get(k, '(unset)')!r}, now {b.get(k, '(unset)')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def rerun_closure(stages: list[Stage], names: Iterable[str]) -> set[str]:
