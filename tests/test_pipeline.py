@@ -98,6 +98,7 @@ def test_changed_settings_of_a_finished_stage_are_refused_before_anything_runs(t
     assert "stage 'b' finished with other settings" in msg and "nested.p: was 1, now 2" in msg
     assert "new: was '(unset)', now True" in msg and "--rerun b c" in msg
     assert "added_unset" not in msg
+    assert runner.digest({"x": 1, "y": {"z": None}}) == runner.digest({"x": 1}) != runner.digest({"x": 2})
 
 
 def test_rerun_redoes_a_stage_and_what_reads_from_it_and_moves_old_outputs_aside(tmp_path):

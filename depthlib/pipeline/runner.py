@@ -100,7 +100,10 @@ def _normal(value: Any) -> Any:
 
 
 def digest(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(_normal(settings), sort_keys=True).encode()).hexdigest()[:16]
+    """Fingerprint of a stage's settings; unset (None) leaves are left out, as in
+    :func:`differences`, so a setting added to the code and left unset keeps it."""
+    flat = {k: v for k, v in _flatten(_normal(settings)).items() if v is not None}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
