@@ -2,7 +2,7 @@
 
 Layout of the stream (see ``depthlib.training.plan`` for the bookkeeping):
 
-    ray.data.range(groups to read)           # one id per group, contiguous blocks
+    ray.data.from_items(groups to read)      # one id per group, contiguous blocks
       .map_batches(load_groups)              # CPU tasks: read the group's row groups,
                                              # decode, augment -> fixed-size examples
       -> Ray Train streaming_split           # each worker: iter_torch_batches
@@ -197,7 +197,7 @@ def examples_of_group(plan: GroupPlan, group: int, spec: ExampleSpec, errors_uri
 
 def load_groups(batch: dict[str, np.ndarray], *, plan_ref, spec: ExampleSpec, first_group: int,
                 skip: frozenset, errors_uri: str | None, s3: storage.S3Config | None):
-    """Ray Data UDF: ids ``0..n`` of ``ray.data.range`` -> the examples of groups
+    """Ray Data UDF: ids ``0..n`` of the group list -> the examples of groups
     ``first_group + id`` (skipping the ``skip`` set), one output batch per group."""
     storage.set_default_s3(s3)
     plan = _plan(plan_ref)
@@ -217,7 +217,10 @@ def train_dataset(plan_ref, plan: GroupPlan, spec: ExampleSpec, start: DataPosit
     # examples and their decoded sources.
     bytes_per_row = spec.crop * spec.crop * (3 + 4 + 1 + 1) + 2 * 2**20
     rows = plan.items_per_group * int(plan.rows_of.max())
-    ds = ray.data.range(n, override_num_blocks=min(n, MAX_BLOCKS))
+    # The ids are made here rather than by ray.data.range, whose read tasks each
+    # ask for one whole CPU: on nodes where the training workers leave less than
+    # that free, they would never be scheduled and the stream would wait forever.
+    ds = ray.data.from_items([{"id": i} for i in range(n)], override_num_blocks=min(n, MAX_BLOCKS))
     return ds.map_batches(
         load_groups, batch_size=1, batch_format="numpy", num_cpus=data_cpus,
         memory=2**29 + rows * bytes_per_row,

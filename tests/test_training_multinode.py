@@ -1,0 +1,51 @@
+"""The training job across nodes, one of which is lost mid-run.
+
+``multinode_train.py`` runs in its own process (this session's shared Ray
+cluster is single-node): a head and three 2-CPU worker nodes started by
+``ray.cluster_utils.Cluster``, training workers of 1.5 CPUs (so each has its own
+node), data and checkpoints on the S3 server fixture. Once the step-10
+checkpoint is registered, the node of one training worker is removed without
+warning; Ray Train (``FailureConfig``) restarts the group on the spare node from
+the latest checkpoint and the run ends at its step with each step's row once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures_s3 import REGION
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+@pytest.mark.timeout(900)
+def test_a_lost_node_is_replaced_and_training_resumes_from_object_storage(s3_server):
+    bucket = s3_server.new_bucket("multinode")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env.update(AWS_ENDPOINT_URL=s3_server.endpoint_url, AWS_REGION=REGION, AWS_EC2_METADATA_DISABLED="true",
+               AWS_ACCESS_KEY_ID=s3_server.access_key_id, AWS_SECRET_ACCESS_KEY=s3_server.secret_access_key,
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(HERE / "multinode_train.py"), bucket], env=env,
+                          capture_output=True, text=True, timeout=840)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-8000:]
+    result = json.loads(re.search(r"^RESULT (.*)$", proc.stdout, re.M).group(1))
+
+    assert result["nodes_before"] == 2, result  # two workers, two nodes
+    assert "lost_node" in result
+    assert result["finished_step"] == 40
+    assert result["steps"] == [10, 20, 30, 40], result["steps"]  # every step's row once, across the restart
+    assert result["times"][0] < result["lost_at"] < result["times"][-1]
+    # the first group streamed from step 0, the restarted one from a checkpoint
+    starts = [int(s) for s in re.findall(r"\[train\] data stream for step (\d+):", out)]
+    assert starts[0] == 0 and len(starts) >= 2 and all(s >= 10 for s in starts[1:]), starts
+    assert result["alive_nodes"] == 3  # the head and the two worker nodes left
