@@ -28,6 +28,7 @@ from ray.util.state import list_actors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from depthlib.models import load_released  # noqa: E402
 from depthlib.synthetic_job import MakeSyntheticConfig, make_synthetic  # noqa: E402
 from depthlib.training.config import PRESETS, TrainConfig  # noqa: E402
 from depthlib.training.job import RUN_NAME, run_training  # noqa: E402
@@ -38,6 +39,11 @@ AWS = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS
 
 def _training_nodes() -> set[str]:
     return {a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}
+
+
+def _rows(s3, bucket: str) -> list[dict]:
+    body = s3.get_object(Bucket=bucket, Key="run/metrics.jsonl")["Body"].read().decode()
+    return [json.loads(line) for line in body.splitlines()]
 
 
 def main(bucket: str) -> None:
@@ -53,7 +59,8 @@ def main(bucket: str) -> None:
         cfg = TrainConfig(**{**PRESETS["tiny_cpu"], "stage": "teacher", "data": [f"{data}/shards"],
                              "output": f"s3://{bucket}/run", "encoder": "tiny", "workers": 2, "steps": 40,
                              "batch_size": 4, "crop": 126, "checkpoint_every": 10, "log_every": 10,
-                             "val_every": 1000, "cpus_per_worker": 1.5, "data_cpus": 0.5, "max_failures": 2})
+                             "val_every": 1000, "keep_checkpoints": 1, "cpus_per_worker": 1.5, "data_cpus": 0.5,
+                             "max_failures": 2})
         seen: dict = {}
 
         def lose_a_node() -> None:
@@ -75,11 +82,18 @@ def main(bucket: str) -> None:
 
         threading.Thread(target=lose_a_node, daemon=True).start()
         summary = run_training(cfg, log=lambda m: print(m, flush=True), start_retries=3)
-        rows = [json.loads(line) for line in
-                s3.get_object(Bucket=bucket, Key="run/metrics.jsonl")["Body"].read().decode().splitlines()]
+        rows = _rows(s3, bucket)
+        checkpoint_files = sorted(o["Key"].split(f"run/{RUN_NAME}/", 1)[1] for page in
+                                  s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"run/{RUN_NAME}/step-")
+                                  for o in page.get("Contents", []))
+        # the same command with more steps trains on from the final checkpoint
+        longer = run_training(TrainConfig(**{**cfg.to_dict(), "steps": 50}), log=lambda m: print(m, flush=True),
+                              start_retries=3)
         print("RESULT " + json.dumps({
             "finished_step": summary.get("finished_step"), "steps": [r["step"] for r in rows],
             "times": [r["time"] for r in rows], "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"]),
+            "checkpoint_files": checkpoint_files, "longer_finished_step": longer.get("finished_step"),
+            "longer_rows": _rows(s3, bucket), "model_loads": load_released(longer["model"], "tiny") is not None,
             **seen}), flush=True)
     finally:
         ray.shutdown()

@@ -4,7 +4,8 @@ Learning is measured on held-out scenes the model never saw, against the
 untrained model and constant predictions (the issue's bounds). Recovery is
 exercised for real: an injected worker failure, a SIGKILLed driver, a
 finished run re-run, settings changed on resume, corrupt rows, and
-checkpoints in a local directory and on the S3 server fixture.
+checkpoints in a local directory. Checkpoints on the S3 server fixture, a
+lost node and a longer re-run: ``test_training_multinode.py``.
 """
 
 from __future__ import annotations
@@ -270,29 +271,6 @@ def shards_table(uri: str) -> list[dict]:
     import pyarrow.dataset as pads
 
     return pads.dataset(uri, format="parquet").to_table().to_pylist()
-
-
-# On S3 only: the local-directory path of checkpoints and resume is what every other test here runs.
-@pytest.mark.s3
-@pytest.mark.parametrize("storage_root", ["s3"], indirect=True)
-def test_checkpoints_in_storage_and_a_longer_rerun_resumes(data, storage_root):
-    output = storage.join(storage_root.uri, "run")
-    cfg = _config(data=[data["synthetic"]], output=output, steps=20, log_every=5, checkpoint_every=10,
-                  val_every=1000, keep_checkpoints=1)
-    run_training(cfg, start_retries=0)
-    listing = [o.key for o in storage.list_objects(storage.join(output, RUN_NAME))]
-    assert any(k.startswith("step-00000020/") for k in listing)
-    assert not any(k.startswith("step-00000010/") for k in listing)  # keep_checkpoints=1
-    assert {"model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "train_state.json", "metrics.jsonl"} <= {
-        k.split("/", 1)[1] for k in listing if k.startswith("step-00000020/")}
-    first = _rows(output)
-    longer = run_training(_config(**{**cfg.to_dict(), "steps": 30}), start_retries=0)
-    assert longer["finished_step"] == 30
-    rows = _rows(output)
-    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30] and rows[:4] == first
-    state = json.loads(storage.read_bytes(storage.join(output, RUN_NAME, "step-00000030", "train_state.json")))
-    assert state["step"] == 30 and state["data_position"]["next_group"] > 0
-    load_released(storage.join(output, "model.pth"), "tiny")
 
 
 def test_killed_driver_rerun_resumes(ray_session, data, tmp_path):

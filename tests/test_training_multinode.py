@@ -7,6 +7,9 @@ node), data and checkpoints on the S3 server fixture. Once the step-10
 checkpoint is registered, the node of one training worker is removed without
 warning; Ray Train (``FailureConfig``) restarts the group on the spare node from
 the latest checkpoint and the run ends at its step with each step's row once.
+The same command with more steps then trains on from the final checkpoint (the
+S3 path of checkpoints and of a longer re-run; every test in
+``test_training_job.py`` uses local directories).
 """
 
 from __future__ import annotations
@@ -49,3 +52,13 @@ def test_a_lost_node_is_replaced_and_training_resumes_from_object_storage(s3_ser
     starts = [int(s) for s in re.findall(r"\[train\] data stream for step (\d+):", out)]
     assert starts[0] == 0 and len(starts) >= 2 and all(s >= 10 for s in starts[1:]), starts
     assert result["alive_nodes"] == 3  # the head and the two worker nodes left
+    # checkpoints in object storage: the last one only (--keep-checkpoints 1), with every part of the state
+    assert {f.split("/", 1)[0] for f in result["checkpoint_files"]} == {"step-00000040"}
+    assert {"model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "train_state.json", "metrics.jsonl"} <= {
+        f.split("/", 1)[1] for f in result["checkpoint_files"]}
+    # a longer re-run of the finished run trains on from its final checkpoint, keeping the history
+    assert result["longer_finished_step"] == 50
+    longer = result["longer_rows"]
+    assert [r["step"] for r in longer] == [10, 20, 30, 40, 50]
+    assert [r["time"] for r in longer[:4]] == result["times"]
+    assert result["model_loads"]  # model.pth in the bucket, strictly in the released format
