@@ -89,12 +89,13 @@ def main(bucket: str) -> None:
         # the same command with more steps trains on from the final checkpoint
         longer = run_training(TrainConfig(**{**cfg.to_dict(), "steps": 50}), log=lambda m: print(m, flush=True),
                               start_retries=3)
+        final_state = s3.get_object(Bucket=bucket, Key=f"run/{RUN_NAME}/step-00000050/train_state.json")
         print("RESULT " + json.dumps({
-            "finished_step": summary.get("finished_step"), "steps": [r["step"] for r in rows],
-            "times": [r["time"] for r in rows], "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"]),
-            "checkpoint_files": checkpoint_files, "longer_finished_step": longer.get("finished_step"),
-            "longer_rows": _rows(s3, bucket), "model_loads": load_released(longer["model"], "tiny") is not None,
-            **seen}), flush=True)
+            "finished_step": summary.get("finished_step"), "rows": rows,
+            "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"]), "checkpoint_files": checkpoint_files,
+            "longer_finished_step": longer.get("finished_step"), "longer_rows": _rows(s3, bucket),
+            "longer_state": json.loads(final_state["Body"].read()),
+            "model_loads": load_released(longer["model"], "tiny") is not None, **seen}), flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()  # also forgets the address, so later ray.init() calls start their own

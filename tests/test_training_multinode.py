@@ -46,8 +46,9 @@ def test_a_lost_node_is_replaced_and_training_resumes_from_object_storage(s3_ser
     assert result["nodes_before"] == 2, result  # two workers, two nodes
     assert "lost_node" in result
     assert result["finished_step"] == 40
-    assert result["steps"] == [10, 20, 30, 40], result["steps"]  # every step's row once, across the restart
-    assert result["times"][0] < result["lost_at"] < result["times"][-1]
+    rows = result["rows"]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40], rows  # every step's row once, across the restart
+    assert rows[0]["time"] < result["lost_at"] < rows[-1]["time"]
     # the first group streamed from step 0, the restarted one from a checkpoint
     starts = [int(s) for s in re.findall(r"\[train\] data stream for step (\d+):", out)]
     assert starts[0] == 0 and len(starts) >= 2 and all(s >= 10 for s in starts[1:]), starts
@@ -60,5 +61,7 @@ def test_a_lost_node_is_replaced_and_training_resumes_from_object_storage(s3_ser
     assert result["longer_finished_step"] == 50
     longer = result["longer_rows"]
     assert [r["step"] for r in longer] == [10, 20, 30, 40, 50]
-    assert [r["time"] for r in longer[:4]] == result["times"]
+    assert longer[:4] == rows
+    state = result["longer_state"]
+    assert state["step"] == 50 and state["data_position"]["next_group"] > 0
     assert result["model_loads"]  # model.pth in the bucket, strictly in the released format
