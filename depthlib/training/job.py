@@ -130,7 +130,7 @@ class TrainDataset:
     def __call__(self):
         storage.set_default_s3(self.s3)
         position, step = latest_position(self.output)
-        end = self.plan.end_group(position.next_group, max(0, self.steps - step) * self.global_batch)
+        end = self.plan.end_group(position, max(0, self.steps - step) * self.global_batch)
         print(f"[train] data stream for step {step}: groups {position.next_group}..{end - 1} "
               f"({len(position.skip)} finished ones skipped), {self.plan.groups_per_epoch} groups per epoch",
               flush=True)

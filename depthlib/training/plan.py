@@ -111,13 +111,18 @@ class GroupPlan:
         """Rows ``group`` emits (every row of its items, placeholders included)."""
         return int(self.rows_of[self.group_items(group)].sum())
 
-    def end_group(self, start: int, rows_needed: int) -> int:
+    def end_group(self, start: "DataPosition", rows_needed: int) -> int:
         """A group id past which no run starting at ``start`` needs data: the
         epochs covering ``rows_needed`` rows plus one spare epoch (workers
         never run dry even if a few groups arrive late or some rows are
-        placeholders)."""
-        epochs = math.ceil(max(rows_needed, 1) / self.rows_per_epoch) + 1
-        return (self.locate(start)[0] + epochs + 1) * self.groups_per_epoch
+        placeholders). The groups ``start`` skips emit nothing, so their rows
+        are added to what must be covered: after a restart a group still in
+        flight at a checkpoint can hold ``next_group`` back while many later
+        groups are finished, and a stream ending an epoch early would leave
+        the workers without data."""
+        skipped = sum(self.group_rows(g) for g in start.skip)
+        epochs = math.ceil(max(rows_needed + skipped, 1) / self.rows_per_epoch) + 1
+        return (self.locate(start.next_group)[0] + epochs + 1) * self.groups_per_epoch
 
 
 @dataclass(frozen=True)
