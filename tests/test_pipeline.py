@@ -1,7 +1,7 @@
-"""The pipeline: stage decisions (pure), its configs and presets, DA-2K-style pairs, a killed and
-resumed run on the shared Ray cluster, and the end-to-end path a user takes: a token-authenticated
-``ray start --head`` and ``ray job submit`` of ``ray_jobs/pipeline.py --preset smoke`` against the
-S3 server fixture.
+"""The pipeline: stage decisions (pure), its configs and presets, DA-2K-style pairs, and the
+end-to-end path a user takes: a token-authenticated ``ray start --head`` and ``ray job submit`` of
+``ray_jobs/pipeline.py --preset smoke`` against the S3 server fixture, whose driver is killed after
+the teacher and which the same command then resumes.
 """
 
 from __future__ import annotations
@@ -382,64 +382,6 @@ def _check_report(report: dict) -> None:
             assert row["abs_rel"] > 0 and 0 <= row["d1"] <= 1 and 0 <= row["pair_accuracy"] <= 1
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_pipeline_killed_after_the_teacher_resumes_and_skips_finished_stages(ray_session, tmp_path):
-    import ray
-
-    from depthlib.demo import DEMO_MODELS, demo_report
-    from depthlib.pipeline.job import run_pipeline
-
-    root = tmp_path / "run"
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "ray_jobs" / "pipeline.py"), "--preset", "smoke",
-                             "--storage", str(root)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 600
-        while not _complete(root, "teacher"):
-            assert proc.poll() is None and time.time() < deadline, "the pipeline ended or stalled before the teacher"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert not _complete(root, "student_tiny") and not (root / "report.json").exists()
-    teacher_model = (root / "teacher" / "model.pth").stat().st_mtime_ns
-    logs: list[str] = []
-    report = run_pipeline(PipelineConfig(**PRESETS["smoke"], storage=str(root), preset="smoke"), log=logs.append)
-    status = {n: s["status"] for n, s in report["stages"].items()}
-    assert list(status) == STAGE_NAMES
-    assert all(status[n] == "skipped" for n in STAGE_NAMES[:5]), status
-    assert status["pseudo_labels"] in ("ran", "resumed") and status["student_tiny"] == "ran"
-    assert all(status[n] == "ran" for n in STAGE_NAMES[7:])
-    assert (root / "teacher" / "model.pth").stat().st_mtime_ns == teacher_model
-    _check_report(report)
-    assert json.loads((root / "report.json").read_text())["models"] == report["models"]
-    for name in STAGE_NAMES:
-        assert _complete(root, name), name
-    labels = json.loads((root / "pseudo_labels" / "summary.json").read_text())
-    assert labels["labelled"] == PRESETS["smoke"]["bucket_count"] and labels["skipped"] == 0
-    ev = json.loads((root / "evaluate" / "metric" / "report.json").read_text())
-    assert ev["metric"] is True and ev["datasets"]["shards.photo"]["protocol"]["alignment"] == "none"
-    ev = json.loads((root / "evaluate" / "teacher" / "report.json").read_text())
-    assert ev["datasets"]["shards.photo"]["protocol"]["min_depth"] == 0.1
-    assert ev["datasets"]["shards.photo"]["protocol"]["max_depth"] == 100.0
-    assert ev["datasets"]["da2k.heldout"]["pairs_by_scene"] == {
-        s: PRESETS["smoke"]["heldout_count"] * PRESETS["smoke"]["pairs_per_image"] for s in SETS}
-
-    # the demo's contract layout from this report
-    demo = demo_report(report, 12.5)
-    assert set(demo) == {"models", "seconds"} and tuple(demo["models"]) == DEMO_MODELS
-    assert demo["models"]["student"] == report["models"]["student_tiny"]
-
-    # again: everything skipped; a changed setting is refused, naming the stage and the setting
-    again = run_pipeline(PipelineConfig(**PRESETS["smoke"], storage=str(root)), log=logs.append)
-    assert all(s["status"] == "skipped" for s in again["stages"].values()) and again["models"] == report["models"]
-    with pytest.raises(StageSettingsChanged, match=r"stage 'student_tiny' finished with other settings[\s\S]*"
-                                                  r"steps: was 20, now 21[\s\S]*--rerun student_tiny"):
-        run_pipeline(PipelineConfig(**{**PRESETS["smoke"], "student_steps": 21}, storage=str(root)), log=logs.append)
-
-
 # --------------------------------------------------------------------------- end to end, as a user would
 
 
@@ -485,8 +427,14 @@ def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+    _kill_processes(marker)
+
+
+def _kill_processes(marker: str) -> list[int]:
+    """SIGKILL every process whose command line holds ``marker``; the pids killed."""
+    killed = []
     for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
             continue
         try:
             cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -495,14 +443,20 @@ def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
         if marker in cmdline:
             try:
                 os.kill(int(pid_dir.name), signal.SIGKILL)
+                killed.append(int(pid_dir.name))
             except ProcessLookupError:
                 pass
+    return killed
 
 
 @pytest.mark.slow
 @pytest.mark.s3
 @pytest.mark.timeout(1200)
-def test_end_to_end_ray_job_submit_to_a_token_authenticated_head(s3_server):
+def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_and_resubmitted(s3_server):
+    """The path a user takes, on S3: a pipeline job whose driver is killed right after the teacher, then
+    the same ``ray job submit`` again, which skips the finished stages and completes the rest."""
+    from depthlib.demo import DEMO_MODELS, demo_report
+
     ray_bin = str(Path(sys.executable).parent / "ray")
     # A short private directory (Ray's socket paths must stay short): the head's temp dir and a HOME
     # whose ~/.ray/auth_token is the token, as `ray get-auth-token --generate` makes it for a user.
@@ -541,16 +495,50 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head(s3_server):
                                 "AWS_ACCESS_KEY_ID": s3_server.access_key_id,  # the fixture's test keys
                                 "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key, "OMP_NUM_THREADS": "1"}}
         client_env = dict(env, RAY_AUTH_TOKEN=token)
-        submit = _run([ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait",
-                       "--runtime-env-json", json.dumps(runtime), "--", "python", "ray_jobs/pipeline.py",
-                       "--preset", "smoke", "--storage", storage_uri], client_env, timeout=300)
-        assert submit.returncode == 0, submit.stdout + submit.stderr
-        job_id = re.search(r"(raysubmit_\w+)", submit.stdout + submit.stderr).group(1)
+        s3 = s3_server.client()
+
+        def submit_job() -> str:
+            submit = _run([ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait",
+                           "--runtime-env-json", json.dumps(runtime), "--", "python", "ray_jobs/pipeline.py",
+                           "--preset", "smoke", "--storage", storage_uri], client_env, timeout=300)
+            assert submit.returncode == 0, submit.stdout + submit.stderr
+            return re.search(r"(raysubmit_\w+)", submit.stdout + submit.stderr).group(1)
+
+        def job_state(job_id: str) -> str:  # as the dashboard's Jobs page reads it
+            code, body = _get(f"{address}/api/jobs/{job_id}", token)
+            return json.loads(body)["status"] if code == 200 else ""
+
+        def complete(stage: str) -> bool:
+            try:
+                body = s3.get_object(Bucket=bucket, Key=f"pipeline/{stage}/_stage.json")["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                return False
+            return json.loads(body).get("complete") is True
+
+        # 1. the driver is killed (SIGKILL, no clean-up) as soon as the teacher stage has finished
+        first = submit_job()
+        deadline = time.time() + 600
+        while not complete("teacher"):
+            assert job_state(first) not in ("SUCCEEDED", "FAILED", "STOPPED"), "the job ended before the teacher"
+            assert time.time() < deadline, "the teacher stage did not finish"
+            time.sleep(0.5)
+        killed = _kill_processes(f"ray_jobs/pipeline.py --preset smoke --storage {storage_uri}")
+        assert killed, "no driver process found"
+        deadline = time.time() + 120
+        while job_state(first) not in ("FAILED", "STOPPED"):
+            assert time.time() < deadline, job_state(first)
+            time.sleep(1)
+        assert not complete("student_tiny")
+        teacher_model = s3.head_object(Bucket=bucket, Key="pipeline/teacher/model.pth")["ETag"]
+        with pytest.raises(s3.exceptions.ClientError):
+            s3.head_object(Bucket=bucket, Key="pipeline/report.json")
+
+        # 2. the same command again: finished stages are skipped, the rest resumes or runs
+        job_id = submit_job()
         deadline = time.time() + 900
         state = ""
-        while time.time() < deadline:  # the job's state, as the dashboard's Jobs page reads it
-            code, body = _get(f"{address}/api/jobs/{job_id}", token)
-            state = json.loads(body)["status"] if code == 200 else ""
+        while time.time() < deadline:
+            state = job_state(job_id)
             if state in ("SUCCEEDED", "FAILED", "STOPPED"):
                 break
             time.sleep(5)
@@ -561,23 +549,44 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head(s3_server):
         assert "[pipeline] results:" in logs and s3_server.secret_access_key not in logs
 
         # every stage's outputs and the final report, read back from S3
-        s3 = s3_server.client()
         keys = set()
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="pipeline/"):
             keys |= {o["Key"][len("pipeline/"):] for o in page.get("Contents", [])}
         for name in STAGE_NAMES:
-            record = json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/{name}/_stage.json")["Body"].read())
-            assert record["complete"] is True, name
+            assert complete(name), name
         for key in ("synthetic/summary.json", "heldout/da2k/annotations.json", "bucket/summary.json",
                     "teacher/model.pth", "pseudo_labels/summary.json", "student_tiny/model.pth", "metric/model.pth",
                     "report.json", "report.md", *(f"evaluate/{m}/report.json" for m in MODELS)):
             assert key in keys, key
         assert any(k.startswith("pseudo_labels/labels/") and k.endswith(".parquet") for k in keys)
         assert any(k.startswith("synthetic/shards/") and k.endswith(".parquet") for k in keys)
-        report = json.loads(s3.get_object(Bucket=bucket, Key="pipeline/report.json")["Body"].read())
+
+        def read_json(key: str) -> dict:
+            return json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/{key}")["Body"].read())
+
+        report = read_json("report.json")
         _check_report(report)
-        assert all(s["status"] == "ran" for s in report["stages"].values())
+        stages = {n: s["status"] for n, s in report["stages"].items()}
+        assert list(stages) == STAGE_NAMES
+        assert all(stages[n] == "skipped" for n in STAGE_NAMES[:5]), stages
+        assert stages["pseudo_labels"] in ("ran", "resumed") and stages["student_tiny"] == "ran"
+        assert all(stages[n] == "ran" for n in STAGE_NAMES[7:]), stages
+        assert s3.head_object(Bucket=bucket, Key="pipeline/teacher/model.pth")["ETag"] == teacher_model
         assert s3_server.secret_access_key not in json.dumps(report)
+        labels = read_json("pseudo_labels/summary.json")
+        assert labels["labelled"] == PRESETS["smoke"]["bucket_count"] and labels["skipped"] == 0
+        ev = read_json("evaluate/metric/report.json")
+        assert ev["metric"] is True and ev["datasets"]["shards.photo"]["protocol"]["alignment"] == "none"
+        ev = read_json("evaluate/teacher/report.json")
+        assert ev["datasets"]["shards.photo"]["protocol"]["min_depth"] == 0.1
+        assert ev["datasets"]["shards.photo"]["protocol"]["max_depth"] == 100.0
+        assert ev["datasets"]["da2k.heldout"]["pairs_by_scene"] == {
+            s: PRESETS["smoke"]["heldout_count"] * PRESETS["smoke"]["pairs_per_image"] for s in SETS}
+
+        # the demo's contract layout from this report
+        demo = demo_report(report, 12.5)
+        assert set(demo) == {"models", "seconds"} and tuple(demo["models"]) == DEMO_MODELS
+        assert demo["models"]["student"] == report["models"]["student_tiny"]
     finally:
         _kill_tree(head, str(tmp))
         shutil.rmtree(tmp, ignore_errors=True)
