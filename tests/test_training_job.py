@@ -245,12 +245,17 @@ def _corrupt_copy(src_uri: str, dst_dir: Path) -> tuple[str, dict[str, str]]:
 
 
 def test_injected_worker_failure_resumes_with_history_and_corrupt_rows_counted(data, tmp_path):
+    """Also the large-model path: FSDP2 with activation checkpointing and gradient
+    accumulation, its sharded state saved whole in checkpoints and restored after the
+    failure (the steps themselves: test_training_parallel.py)."""
     bad_dir, bad = _corrupt_copy(data["synthetic"], tmp_path / "bad_shards")
     output = str(tmp_path / "fail")
     cfg = _config(data=[bad_dir], output=output, steps=30, log_every=5, checkpoint_every=10, val_every=1000,
-                  fail_at_step=20, max_failures=1, rows_per_group=16)
+                  fail_at_step=20, max_failures=1, rows_per_group=16, fsdp=True, activation_checkpointing=True,
+                  batch_size=4, grad_accum=2)
     summary = run_training(cfg, start_retries=0)
     assert summary["finished_step"] == 30
+    load_released(storage.join(output, "model.pth"), "tiny")  # strict: every tensor gathered whole
     failed_at = os.path.getmtime(Path(output, "_injected_failure"))
     rows = _rows(output)
     assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]

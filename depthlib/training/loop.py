@@ -5,7 +5,7 @@ model and the stage's objective, restores the latest checkpoint if there is
 one (``ray.train.get_checkpoint()``), then steps until ``--steps``:
 
     for each optimiser step:
-        grad_accum x (batch from Ray Data -> forward under autocast -> loss -> backward)
+        grad_accum x (batch from Ray Data -> forward under autocast -> loss -> backward)  [parallel.py]
         clip, step, schedule
         every --log-every:         a metrics row (loss terms averaged over workers)
         every --val-every:         validation on every worker's share, all-reduced
@@ -27,7 +27,6 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -43,6 +42,7 @@ from depthlib.training.config import TrainConfig
 from depthlib.training.data import load_validation_rows
 from depthlib.training.objectives import STAGES, MetricObjective, RelativeObjective
 from depthlib.training.optim import make_optimizer, make_scheduler
+from depthlib.training.parallel import is_distributed, optimizer_step, wrap_for_workers
 from depthlib.training.plan import ConsumptionLedger, GroupPlan
 from depthlib.training.state import (TrainState, read_checkpoint_dir, set_rng_state, write_checkpoint_dir,
                                      write_run_state)
@@ -56,12 +56,8 @@ FAILURE_MARKER = "_injected_failure"  # --fail-at-step: fail once, then resume
 log = logging.getLogger("depthlib.train")
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _all_reduce_sum(values: list[float], device) -> list[float]:
-    if not _distributed():
+    if not is_distributed():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -69,7 +65,7 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 
 
 def _all_reduce_max(value: float, device) -> float:
-    if not _distributed():
+    if not is_distributed():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -77,7 +73,7 @@ def _all_reduce_max(value: float, device) -> float:
 
 
 def _all_gather(obj):
-    if not _distributed():
+    if not is_distributed():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -140,7 +136,7 @@ class Trainer:
             self.state, model_state = restored[0], restored[1]
             model.load_state_dict(model_state, strict=True)
         self.raw_model = model.to(self.device)
-        self.model = self._wrap(self.raw_model)
+        self.model = wrap_for_workers(self.raw_model, cfg.fsdp, self.device)
         self.optimizer = make_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.head_lr_multiplier, cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.warmup_steps, cfg.lr_power)
         if restored is not None:
@@ -185,28 +181,6 @@ class Trainer:
         return RelativeObjective(trim=cfg.trim, frozen_encoder=frozen, feature_weight=cfg.feature_weight,
                                  feature_margin=cfg.feature_margin, feature_layer=get_spec(cfg.encoder).layers[-1])
 
-    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not _distributed():
-            return model
-        if self.cfg.fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            for block in model.pretrained.blocks:
-                fully_shard(block)
-            fully_shard(model)
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-    def _sync_context(self, last_micro_step: bool):
-        """Gradient all-reduce only on the last forward of an accumulated step."""
-        if last_micro_step or not _distributed():
-            return nullcontext()
-        if hasattr(self.model, "no_sync"):
-            return self.model.no_sync()
-        return nullcontext()  # FSDP2: reduce-scatter every micro step (correct, a little slower)
-
     # ------------------------------------------------------------------ data
 
     def _batches(self):
@@ -225,6 +199,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def _micro_batches(self, batches):
+        """The next ``--grad-accum`` batches as ``(normalised images, batch)``,
+        their rows recorded as consumed (data position, bad-row count)."""
+        for _ in range(self.cfg.grad_accum):
+            batch = next(batches)
+            images = normalize(batch["image"].float().div_(255.0))
+            groups = batch["group"].cpu().numpy()
+            self.ledger.consume(groups)
+            self.last_group = max(self.last_group, int(groups.max()))
+            self.skipped_since_checkpoint += int((batch["ok"] == 0).sum())
+            yield images, {"target": batch["target"], "mask": batch["mask"].bool(), "region": batch["region"]}
+
     def run(self) -> None:
         import ray.train
 
@@ -239,27 +225,12 @@ class Trainer:
         autocast = autocast_for(self.device, cfg.dtype)
         while self.state.step < cfg.steps:
             self.model.train()
-            self.optimizer.zero_grad(set_to_none=True)
-            for micro in range(cfg.grad_accum):
-                batch = next(batches)
-                images = normalize(batch["image"].float().div_(255.0))
-                batch = {"target": batch["target"], "mask": batch["mask"].bool(), "region": batch["region"],
-                         "group": batch["group"], "ok": batch["ok"]}
-                with self._sync_context(micro == cfg.grad_accum - 1):
-                    with autocast:
-                        terms = self.objective(self.model, images, batch)
-                    (terms["loss"] / cfg.grad_accum).backward()
+            for terms in optimizer_step(self.model, self.objective, self.optimizer, self._micro_batches(batches),
+                                        cfg.grad_accum, cfg.grad_clip, autocast):
                 for k, v in terms.items():
-                    window[k] += float(v.detach())
+                    window[k] += v
                 window["n"] += 1
-                groups = batch["group"].cpu().numpy()
-                self.ledger.consume(groups)
-                self.last_group = max(self.last_group, int(groups.max()))
-                self.skipped_since_checkpoint += int((batch["ok"] == 0).sum())
-                window_images += len(batch["group"])
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            window_images += cfg.grad_accum * cfg.batch_size
             self.scheduler.step()
             self.state.step += 1
             step = self.state.step

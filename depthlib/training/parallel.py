@@ -1,0 +1,78 @@
+"""One model over several workers (DDP or FSDP2), and one optimiser step with
+gradient accumulation: the part of the training loop whose numbers must not
+depend on how the model is distributed.
+
+Whatever the wrapping, an optimiser step applies the gradient of the mean loss
+over every micro batch of every worker: each worker divides its micro-batch
+losses by the number of micro batches, and DDP's all-reduce or FSDP2's
+reduce-scatter averages over workers. ``tests/test_training_parallel.py``
+checks that DDP, FSDP2 (with activation checkpointing) and a single process on
+the same micro batches end at the same weights.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+Objective = Callable[[torch.nn.Module, Tensor, dict[str, Tensor]], dict[str, Tensor]]
+
+
+def is_distributed() -> bool:
+    """Whether a process group of more than one worker is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def wrap_for_workers(model: torch.nn.Module, fsdp: bool, device: torch.device) -> torch.nn.Module:
+    """``model`` as the workers train it: unchanged in a single process; else
+    FSDP2 (``fully_shard`` on every encoder block, then the whole model: the
+    parameters, gradients and optimiser state of each are sharded over the
+    workers) or DDP (replicated, gradients all-reduced)."""
+    if not is_distributed():
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.pretrained.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def gradient_sync(model: torch.nn.Module, last_micro_step: bool) -> AbstractContextManager:
+    """DDP all-reduces gradients only on the last micro batch of an accumulated
+    step; FSDP2 reduce-scatters on every one (correct, a little slower)."""
+    if last_micro_step or not hasattr(model, "no_sync"):
+        return nullcontext()
+    return model.no_sync()
+
+
+def optimizer_step(model: torch.nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+                   micro_batches: Iterable[tuple[Tensor, dict[str, Tensor]]], grad_accum: int, grad_clip: float,
+                   autocast: AbstractContextManager | None = None) -> list[dict[str, float]]:
+    """Zero the gradients, forward and backward each of the ``grad_accum``
+    ``(images, batch)`` micro batches (images normalised ``(B, 3, H, W)``; batch
+    as the objective reads it), clip the total gradient norm to ``grad_clip``
+    (0: no clipping) and step the optimiser. The learning-rate schedule is the
+    caller's. Returns each micro batch's loss terms as floats."""
+    optimizer.zero_grad(set_to_none=True)
+    terms_per_micro: list[dict[str, float]] = []
+    for i, (images, batch) in enumerate(micro_batches):
+        with gradient_sync(model, i == grad_accum - 1):
+            with autocast or nullcontext():
+                terms = objective(model, images, batch)
+            (terms["loss"] / grad_accum).backward()
+        terms_per_micro.append({k: float(v.detach()) for k, v in terms.items()})
+    if len(terms_per_micro) != grad_accum:
+        raise ValueError(f"expected {grad_accum} micro batches, got {len(terms_per_micro)}")
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return terms_per_micro
