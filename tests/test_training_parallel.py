@@ -78,7 +78,7 @@ def test_distributed_steps_match_one_process_on_the_same_micro_batches(runs, mod
     assert _max_difference(other["first"]["state"], single["first"]["state"]) < 1e-5
     # Later steps use the (sharded) optimiser state. Adam turns rounding differences in
     # near-zero gradient entries into whole-step differences in a few weights, so three steps
-    # agree in norm (measured: 0.01-1% of how far the weights moved), not entry by entry; a
+    # agree in norm (measured: under 1% of how far the weights moved), not entry by entry; a
     # wrongly sharded or averaged state would be off by the size of the update itself.
     torch.manual_seed(0)
     from depthlib.models import build_model
