@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--activation-checkpointing", action="store_true")
-    ap.add_argument("--grad-clip", type=float, default=0.05)  # a norm the gradients exceed
+    ap.add_argument("--grad-clip", type=float, nargs="+", default=[0.05], help="one run from scratch per value")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rank = 0
@@ -57,7 +57,17 @@ def main() -> None:
         dist.init_process_group("gloo")
         rank = dist.get_rank()
         assert dist.get_world_size() == args.workers
+    results = {clip: train(args, clip, rank) for clip in args.grad_clip}
+    if rank == 0:
+        torch.save(results, args.out)
+    if args.mode != "single":
+        dist.barrier()
+        dist.destroy_process_group()
 
+
+def train(args: argparse.Namespace, grad_clip: float, rank: int) -> dict:
+    """``--steps`` optimiser steps from the same initial weights; the first step's
+    gradient and weights, the final weights and each step's mean loss."""
     torch.manual_seed(0)  # the same initial weights in every process
     model = build_model("tiny")
     frozen = copy.deepcopy(model.pretrained)  # the student's feature alignment, against its start
@@ -73,7 +83,7 @@ def main() -> None:
         else:
             micro = [micro_batch(step, rank, m) for m in range(args.grad_accum)]
             accum = args.grad_accum
-        terms = optimizer_step(wrapped, objective, optimizer, micro, accum, grad_clip=args.grad_clip)
+        terms = optimizer_step(wrapped, objective, optimizer, micro, accum, grad_clip=grad_clip)
         loss = torch.tensor(sum(t["loss"] for t in terms) / len(terms), dtype=torch.float64)
         if args.mode != "single":  # the mean over every worker's micro batches
             dist.all_reduce(loss)
@@ -82,12 +92,7 @@ def main() -> None:
         if step == 0:  # the (clipped) gradient the first step applied, and its weights
             first = {"grads": {n: _full(p.grad) for n, p in model.named_parameters() if p.grad is not None},
                      "state": full_state(wrapped, args.mode)}
-    state = full_state(wrapped, args.mode)
-    if rank == 0:
-        torch.save({"state": state, "losses": losses, "first": first}, args.out)
-    if args.mode != "single":
-        dist.barrier()
-        dist.destroy_process_group()
+    return {"state": full_state(wrapped, args.mode), "losses": losses, "first": first}
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -44,12 +44,11 @@ CLIPS = {"clipped": "0.05", "unclipped": "1e6"}  # the gradients' norm is above 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[tuple[str, str], dict]:
     d = tmp_path_factory.mktemp("parallel")
-    out = {}
-    for name, clip in CLIPS.items():
-        out["single", name] = _run("single", d / f"single-{name}.pt", "--grad-clip", clip)
-        out["ddp", name] = _run("ddp", d / f"ddp-{name}.pt", "--grad-clip", clip)
-        out["fsdp", name] = _run("fsdp", d / f"fsdp-{name}.pt", "--grad-clip", clip, "--activation-checkpointing")
-    return out
+    clips = ("--grad-clip", *CLIPS.values())
+    results = {"single": _run("single", d / "single.pt", *clips),
+               "ddp": _run("ddp", d / "ddp.pt", *clips),
+               "fsdp": _run("fsdp", d / "fsdp.pt", *clips, "--activation-checkpointing")}
+    return {(mode, name): results[mode][float(clip)] for mode in results for name, clip in CLIPS.items()}
 
 
 def _max_difference(a: dict, b: dict) -> float:
