@@ -22,13 +22,24 @@ from depthlib.training.config import PRESETS, TrainConfig  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    config = parse_layered_config(TrainConfig, argv, PRESETS)
+    try:
+        config = parse_layered_config(TrainConfig, argv, PRESETS)
+    except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
+        _exit_with_error(e)
     import ray
 
-    from depthlib.training.job import run_training
+    from depthlib.training.job import TrainingInputError, run_training
 
     ray.init()  # joins RAY_ADDRESS (set by `ray job submit`) or starts a local cluster
-    return run_training(config)
+    try:
+        return run_training(config)
+    except TrainingInputError as e:  # missing data or weights, an output with another run
+        _exit_with_error(e)
+
+
+def _exit_with_error(e: Exception) -> None:
+    print(f"train.py: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from depthlib.inference import predict_images
 from depthlib.models import build_model, load_released
 from depthlib.training.config import PRESETS, TrainConfig
 from depthlib.training.data import ERRORS_DIR, load_validation_rows
-from depthlib.training.job import RUN_NAME, run_training
+from depthlib.training.job import RUN_NAME, TrainingInputError, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 126
@@ -268,8 +268,24 @@ def test_injected_worker_failure_resumes_with_history_and_corrupt_rows_counted(d
     # a finished run re-run reports and exits; other settings are refused
     again = run_training(cfg, start_retries=0)
     assert again["finished_step"] == 30 and len(_rows(output)) == 6
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(TrainingInputError, match="other settings"):
         run_training(_config(**{**cfg.to_dict(), "lr": 1e-3}), start_retries=0)
+
+
+def test_bad_input_is_refused_before_any_worker_starts(ray_session, data, tmp_path):
+    cases = [({"data": [str(tmp_path / "empty")]}, "no .parquet shards under"),
+             ({"init_from": str(tmp_path / "missing.pth")}, "--init-from .*missing.pth does not exist"),
+             ({"val_data": str(tmp_path / "empty")}, "no .parquet shards under")]
+    for kw, match in cases:
+        cfg = _config(**{"data": [data["synthetic"]], "output": str(tmp_path / "out"), "steps": 2, **kw})
+        with pytest.raises(TrainingInputError, match=match):
+            run_training(cfg, start_retries=0)
+    assert not (tmp_path / "out" / "config.json").exists()  # nothing written for a refused run
+    # from the command line: one line naming the setting, exit status 2, no traceback
+    bad = subprocess.run([sys.executable, str(ROOT / "ray_jobs/train.py"), "--stage", "teacher", "--data", "d",
+                          "--output", str(tmp_path / "o"), "--encoder", "vitz"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("train.py: error: --encoder must be one of")
 
 
 def shards_table(uri: str) -> list[dict]:

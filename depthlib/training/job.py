@@ -57,6 +57,13 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+class TrainingInputError(ValueError):
+    """Bad input found before any worker starts: data without shards or rows,
+    missing weights, an output that holds a run with other settings. The
+    message names the flag or the file; ``ray_jobs/train.py`` prints it as one
+    line and exits 2."""
+
+
 def check_inputs(cfg: TrainConfig) -> None:
     """Fail in the driver, with the file named, on inputs every worker would
     fail on (instead of retrying the worker group --max-failures times)."""
@@ -171,12 +178,15 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     s3 = _s3_config(cfg)
     storage.set_default_s3(s3)
     out = cfg.output
-    check_inputs(cfg)
-    index = data_mod.load_or_build_index(out, cfg.data, log)
-    if cfg.metric and cfg.head_start_depth is None:
-        cfg.head_start_depth = round(data_mod.median_depth(index, cfg.min_depth, cfg.max_depth), 4)
-        log(f"[train] metric head starts at the training data's median depth, {cfg.head_start_depth} m")
-    check_and_write_config(cfg, log)
+    try:
+        check_inputs(cfg)
+        index = data_mod.load_or_build_index(out, cfg.data, log)
+        if cfg.metric and cfg.head_start_depth is None:
+            cfg.head_start_depth = round(data_mod.median_depth(index, cfg.min_depth, cfg.max_depth), 4)
+            log(f"[train] metric head starts at the training data's median depth, {cfg.head_start_depth} m")
+        check_and_write_config(cfg, log)
+    except (ValueError, FileNotFoundError) as e:
+        raise TrainingInputError(str(e)) from e
     finished = read_run_state(out)
     if finished and finished.get("finished_step", 0) >= cfg.steps:
         log(f"[train] {storage.redact(out)} finished at step {finished['finished_step']}: "
