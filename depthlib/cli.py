@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, NoReturn, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -171,3 +172,10 @@ def config_to_json(config: Any) -> str:
             v = "***"
         out[k] = v
     return json.dumps(out, indent=2, sort_keys=True, default=str)
+
+
+def exit_with_error(prog: str, error: Exception, status: int = 2, kind: str = "error") -> NoReturn:
+    """End an entry script on bad input as argparse does: ``<prog>: <kind>: <error>``
+    on stderr, no traceback, exit ``status`` (2: a bad setting or input)."""
+    print(f"{prog}: {kind}: {error}", file=sys.stderr)
+    sys.exit(status)

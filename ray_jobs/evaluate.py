@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from depthlib.cli import parse_layered_config  # noqa: E402
+from depthlib.cli import exit_with_error, parse_layered_config  # noqa: E402
 from depthlib.evaluation.config import EvaluateConfig  # noqa: E402
 
 
@@ -26,8 +26,7 @@ def main(argv=None) -> dict:
     try:
         config = parse_layered_config(EvaluateConfig, argv)
     except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error("evaluate.py", e)
     import ray
 
     from depthlib.evaluation.job import run_evaluation

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from depthlib.cli import parse_layered_config  # noqa: E402
+from depthlib.cli import exit_with_error, parse_layered_config  # noqa: E402
 from depthlib.pipeline.config import PRESETS, PipelineConfig  # noqa: E402
 
 
@@ -33,11 +33,9 @@ def main(argv=None) -> dict:
         config = parse_layered_config(PipelineConfig, argv, PRESETS)
         check(config)  # every stage's job config built, every stage's record read: before Ray starts
     except StageSettingsChanged as e:
-        print(f"pipeline.py: refused: {e}", file=sys.stderr)
-        sys.exit(3)
+        exit_with_error("pipeline.py", e, status=3, kind="refused")
     except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
-        print(f"pipeline.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error("pipeline.py", e)
     import ray
 
     ray.init()  # joins RAY_ADDRESS (set by `ray job submit`) or starts a local cluster

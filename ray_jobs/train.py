@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from depthlib.cli import parse_layered_config  # noqa: E402
+from depthlib.cli import exit_with_error, parse_layered_config  # noqa: E402
 from depthlib.training.config import PRESETS, TrainConfig  # noqa: E402
 
 
@@ -25,7 +25,7 @@ def main(argv=None) -> dict:
     try:
         config = parse_layered_config(TrainConfig, argv, PRESETS)
     except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
-        _exit_with_error(e)
+        exit_with_error("train.py", e)
     import ray
 
     from depthlib.training.job import TrainingInputError, run_training
@@ -34,12 +34,7 @@ def main(argv=None) -> dict:
     try:
         return run_training(config)
     except TrainingInputError as e:  # missing data or weights, an output with another run
-        _exit_with_error(e)
-
-
-def _exit_with_error(e: Exception) -> None:
-    print(f"train.py: error: {e}", file=sys.stderr)
-    sys.exit(2)
+        exit_with_error("train.py", e)
 
 
 if __name__ == "__main__":
