@@ -53,8 +53,8 @@ def measure(encoder: str, crop: int, batch_size: int, device: torch.device, chec
              "region": torch.zeros(batch_size, crop, crop, dtype=torch.uint8, device=device)}
     for _ in range(2):
         optimizer_step(model, objective, optimizer, [(images, batch)], 1, 1.0, autocast)
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    static = 4 * params  # weights, gradients, Adam's two moments (fp32)
+    params = sum(p.numel() for p in model.parameters())
+    static = 4 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights, grads, Adam's 2 moments
     frozen_bytes = sum(p.numel() * p.element_size() for p in frozen.parameters()) if frozen is not None else 0
     peak = float("nan")
     if device.type == "cuda":
@@ -68,7 +68,7 @@ def measure(encoder: str, crop: int, batch_size: int, device: torch.device, chec
     del model, frozen, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"params_m": params / 4 / 1e6, "static_gib": static / GIB, "frozen_gib": frozen_bytes / GIB,
+    return {"params_m": params / 1e6, "static_gib": static / GIB, "frozen_gib": frozen_bytes / GIB,
             "peak_gib": peak}
 
 
