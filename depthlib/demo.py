@@ -8,7 +8,8 @@ render, Ray Train trains, Ray Data labels and evaluates):
 
 1. renders procedural synthetic training scenes with exact depth, a bucket of
    photo-style JPEGs (the stand-in for real photos, never labelled by hand),
-   and two held-out sets with exact depth (synthetic-style and photo-style),
+   street scenes from one driving rig for the metric fine-tune, and three
+   held-out sets with exact depth (synthetic-style, photo-style and street),
    plus DA-2K-style point pairs sampled on their ground truth;
 2. trains the tiny teacher on the synthetic scenes, pseudo-labels the bucket
    with it, trains a student only on those labels, and fine-tunes a metric
@@ -18,7 +19,7 @@ render, Ray Train trains, Ray Data labels and evaluates):
    reports are, and writes ``<output>/demo_report.json``::
 
        {"models": {"untrained" | "teacher" | "student" | "metric":
-                       {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}}},
+                       {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}, "street": {...}}},
         "seconds": ...}
 
 Run it again in the same place and finished stages are skipped (an
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 from depthlib import storage
 from depthlib.cli import parse_config
+from depthlib.pipeline.stages import HELDOUT_SETS
 
 DEMO_MODELS = ("untrained", "teacher", "student", "metric")
 
@@ -67,7 +69,7 @@ def demo_report(pipeline_report: dict, seconds: float) -> dict:
     names = {"untrained": "untrained", "teacher": "teacher", "student": pipeline_report["metric_from"],
              "metric": "metric"}
     keys = ("abs_rel", "d1", "pair_accuracy")
-    return {"models": {demo: {s: {k: models[ours][s][k] for k in keys} for s in ("synthetic", "photo")}
+    return {"models": {demo: {s: {k: models[ours][s][k] for k in keys} for s in HELDOUT_SETS}
                        for demo, ours in names.items()},
             "seconds": round(seconds, 1)}
 

@@ -79,7 +79,7 @@ __all__ = [
     "Light", "Sky", "SceneSpec", "sample_scene", "render", "render_scene", "encode_image",
 ]
 
-STYLES = ("synthetic", "photo")
+STYLES = ("synthetic", "photo", "street")
 SHAPES = ("sphere", "box", "cylinder")
 PATTERNS = ("solid", "checker", "stripes", "gradient", "noise", "rings", "bricks", "planks")
 
@@ -728,7 +728,7 @@ def _render(spec: SceneSpec) -> Scene:
     np.maximum(ndl, 0.0, out=ndl)
     _shadows(fr, placed, L, ndl)
     col = _compose(fr, spec, normal, albedo, ndl, L, tex)
-    if spec.style == "photo":
+    if spec.style in ("photo", "street"):
         img = _photo_film(col, rng, fr.H, fr.W)
     else:
         img = np.empty((fr.H, fr.W, 3), np.float32)
@@ -1244,8 +1244,9 @@ def _darker(c, f):
     return tuple(float(x) * f for x in c)
 
 
-def _photo_ground(rng) -> Material:
-    kind = _choose(rng, ["grass", "dirt", "asphalt", "paving"], [0.45, 0.2, 0.2, 0.15])
+def _photo_ground(rng, kinds=(0.45, 0.2, 0.2, 0.15)) -> Material:
+    """Grass, dirt, asphalt or paving, with probabilities proportional to ``kinds``."""
+    kind = _choose(rng, ["grass", "dirt", "asphalt", "paving"], kinds)
     if kind == "grass":
         c = _pick(rng, _GREENS, 0.1)
         return Material(color=c, color2=_darker(c, 0.6), pattern="noise", scale=float(rng.uniform(0.1, 0.4)),
@@ -1270,6 +1271,12 @@ def _photo_entity(rng, cam_pos, yaw, hfov, dmin, dmax, indoor: bool) -> list[Pri
     kinds = (["table", "cabinet", "pot", "ball", "chair"] if indoor
              else ["tree", "house", "rock", "car", "pole", "bush", "tree"])
     kind = kinds[int(rng.integers(len(kinds)))]
+    return _entity(rng, kind, spot, rot, cam_pos)
+
+
+def _entity(rng, kind: str, spot: np.ndarray, rot: np.ndarray, cam_pos) -> list[Primitive]:
+    """The primitives of one object of ``kind`` standing at ``spot`` on the ground, turned by
+    ``rot``, at its real-world size; none if one of them would enclose the camera."""
     parts: list[tuple] = []  # (shape, local center, size, rotation, material)
     if kind == "tree":
         h = rng.uniform(2.5, 9.0)
@@ -1418,22 +1425,80 @@ def _sample_photo(rng, seed, height, width) -> SceneSpec:
             if len(objects) + len(parts) <= max_prims:
                 objects.extend(parts)
         ground = _photo_ground(rng)
-        warm = rng.uniform(0.0, 1.0) * (1.0 if sun_el < 35 else 0.4)
-        sun_col = np.array((1.0, 0.95 - 0.12 * warm, 0.85 - 0.3 * warm)) * rng.uniform(0.9, 1.2)
-        zen = _pick(rng, [(0.25, 0.45, 0.80), (0.35, 0.55, 0.85), (0.45, 0.6, 0.8), (0.55, 0.6, 0.68)], 0.05)
-        hor = tuple(float(x) for x in np.clip(np.array(zen) * 0.45 + np.array((0.55, 0.55, 0.55)) + warm * np.array((0.1, 0.04, -0.05)), 0, 1))
-        light = Light(direction=_sun(rng, sun_el), color=tuple(sun_col),
-                      ambient=tuple(np.array(zen) * 0.45 + 0.1), ground_ambient=(0.18, 0.16, 0.12))
-        sky = Sky(zenith=zen, horizon=hor, clouds=float(rng.uniform(0.0, 0.7)),
-                  cloud_height=float(rng.uniform(500.0, 1500.0)), cloud_scale=1.0 / float(rng.uniform(400.0, 1500.0)),
-                  sun_glow=float(rng.uniform(0.2, 0.6)))
-        fog = float(rng.uniform(150.0, 600.0))
+        light, sky, fog = _daylight(rng, sun_el)
         max_depth = 80.0
     cam = Camera.from_angles(height, width, hfov_deg=hfov, position=tuple(cam_pos), yaw_deg=yaw,
                              pitch_deg=pitch, roll_deg=roll)
     haze = tuple(float(x) for x in (np.array(sky.horizon) * 0.9 + 0.05))
     return SceneSpec(camera=cam, objects=objects, ground=ground, room=room, light=light, sky=sky,
                      haze=haze, fog_distance=fog, max_depth=max_depth, style="photo", seed=seed)
+
+
+def _daylight(rng, sun_el: float) -> tuple[Light, Sky, float]:
+    """Outdoor light of the photo look: sun (warmer when low), blue sky with clouds, fog distance (m)."""
+    warm = rng.uniform(0.0, 1.0) * (1.0 if sun_el < 35 else 0.4)
+    sun_col = np.array((1.0, 0.95 - 0.12 * warm, 0.85 - 0.3 * warm)) * rng.uniform(0.9, 1.2)
+    zen = _pick(rng, [(0.25, 0.45, 0.80), (0.35, 0.55, 0.85), (0.45, 0.6, 0.8), (0.55, 0.6, 0.68)], 0.05)
+    hor = tuple(float(x) for x in np.clip(np.array(zen) * 0.45 + np.array((0.55, 0.55, 0.55)) + warm * np.array((0.1, 0.04, -0.05)), 0, 1))
+    light = Light(direction=_sun(rng, sun_el), color=tuple(sun_col),
+                  ambient=tuple(np.array(zen) * 0.45 + 0.1), ground_ambient=(0.18, 0.16, 0.12))
+    sky = Sky(zenith=zen, horizon=hor, clouds=float(rng.uniform(0.0, 0.7)),
+              cloud_height=float(rng.uniform(500.0, 1500.0)), cloud_scale=1.0 / float(rng.uniform(400.0, 1500.0)),
+              sun_glow=float(rng.uniform(0.2, 0.6)))
+    return light, sky, float(rng.uniform(150.0, 600.0))
+
+
+# ---- street style: one driving rig, for metric fine-tuning
+
+# The camera of every street scene: fixed intrinsics and mounting, as in a driving set such as
+# Virtual KITTI 2 (the paper's outdoor metric set). What the camera sees then fixes metric scale.
+STREET_RIG = {"hfov_deg": 72.0, "height_m": 1.6, "pitch_deg": (-3.0, 1.0)}
+
+# What stands along a kerb: (kind, weight on a built-up side, weight on an open side, gap to the next in metres)
+_KERB = (("car", 0.35, 0.3, (5.0, 12.0)), ("tree", 0.15, 0.35, (6.0, 14.0)), ("pole", 0.1, 0.1, (8.0, 16.0)),
+         ("house", 0.3, 0.05, (9.0, 16.0)), ("bush", 0.1, 0.2, (3.0, 7.0)))
+
+
+def _sample_street(rng, seed, height, width) -> SceneSpec:
+    """A road seen from a car: parked cars, trees, poles and houses along both kerbs, at their
+    real sizes, from the camera of :data:`STREET_RIG` (height and pitch jitter a few cm and degrees)."""
+    hfov = STREET_RIG["hfov_deg"]
+    yaw = rng.uniform(0.0, 360.0)
+    pitch = rng.uniform(*STREET_RIG["pitch_deg"])
+    roll = float(np.clip(rng.normal(0.0, 0.5), -1.5, 1.5))
+    cam_pos = np.array([rng.uniform(-50, 50), rng.uniform(-50, 50), STREET_RIG["height_m"] + rng.uniform(-0.04, 0.04)])
+    road = math.radians(yaw + rng.uniform(-10.0, 10.0))  # the road's direction, near the view's
+    fwd = np.array([-math.sin(road), math.cos(road), 0.0])
+    side = np.array([fwd[1], -fwd[0], 0.0])
+    half_road = rng.uniform(2.5, 5.0)
+    centre = cam_pos * np.array([1.0, 1.0, 0.0]) + side * rng.uniform(-0.5, 0.5) * half_road
+    objects: list[Primitive] = []
+    max_prims = 24
+    for sgn in (-1.0, 1.0):
+        built_up = rng.random() < 0.7
+        along = rng.uniform(-3.0, 6.0)
+        while along < 50.0:
+            kind, _, _, gap = _KERB[_choose(rng, range(len(_KERB)), [k[1] if built_up else k[2] for k in _KERB])]
+            kerb = {"car": -1.2, "tree": 1.0, "pole": 0.4, "bush": 1.8, "house": rng.uniform(2.5, 7.0)}[kind]
+            spot = centre + fwd * along + side * sgn * (half_road + kerb)
+            heading = math.degrees(road) + 90.0 + (0.0 if kind in ("car", "house") else rng.uniform(0.0, 360.0))
+            parts = _entity(rng, kind, spot, _rot_z(heading), cam_pos)
+            if len(objects) + len(parts) <= max_prims:
+                objects.extend(parts)
+            along += rng.uniform(*gap)
+    for _ in range(int(rng.integers(0, 3))):  # traffic ahead, in either lane
+        spot = centre + fwd * rng.uniform(6.0, 40.0) + side * rng.uniform(-0.6, 0.6) * half_road
+        parts = _entity(rng, "car", spot, _rot_z(math.degrees(road) + 90.0 + rng.uniform(-5.0, 5.0)), cam_pos)
+        if len(objects) + len(parts) <= max_prims:
+            objects.extend(parts)
+    sun_el = rng.uniform(15.0, 60.0)
+    ground = _photo_ground(rng, kinds=(0.0, 0.0, 0.75, 0.25))
+    light, sky, fog = _daylight(rng, sun_el)
+    cam = Camera.from_angles(height, width, hfov_deg=hfov, position=tuple(cam_pos), yaw_deg=yaw,
+                             pitch_deg=pitch, roll_deg=roll)
+    haze = tuple(float(x) for x in (np.array(sky.horizon) * 0.9 + 0.05))
+    return SceneSpec(camera=cam, objects=objects, ground=ground, room=None, light=light, sky=sky,
+                     haze=haze, fog_distance=fog, max_depth=80.0, style="street", seed=seed)
 
 
 def _sun(rng, el_deg):
@@ -1451,6 +1516,8 @@ def sample_scene(seed: int, height: int, width: int, style: str = "synthetic") -
     rng = _Rand(seed, STYLES.index(style))
     if style == "photo":
         return _sample_photo(rng, int(seed), height, width)
+    if style == "street":
+        return _sample_street(rng, int(seed), height, width)
     return _sample_synthetic(rng, int(seed), height, width)
 
 

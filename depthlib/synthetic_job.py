@@ -48,12 +48,13 @@ class MakeSyntheticConfig:
     count: int = field(default=1000, metadata={"help": "number of scenes"})
     size: str = field(default="518x518", metadata={"help": "image size as HxW (height x width)"})
     seed: int = field(default=0, metadata={"help": "run seed; scene i renders with seed*1000003+i"})
-    style: Literal["synthetic", "photo"] = field(default="synthetic", metadata={
-        "help": "synthetic: teacher training data; photo: stand-in for real photos (natural look)"})
+    style: Literal["synthetic", "photo", "street"] = field(default="synthetic", metadata={
+        "help": "synthetic: teacher training data; photo: stand-in for real photos (natural look); "
+                "street: one driving camera rig, photo look (metric fine-tuning data)"})
     format: Literal["shards", "images"] = field(default="shards", metadata={
         "help": "shards: Parquet rows with image, depth and valid mask; images: image files only"})
     image_format: Optional[Literal["png", "jpeg"]] = field(default=None, metadata={
-        "help": "image encoding; default png for --style synthetic, jpeg for --style photo"})
+        "help": "image encoding; default png for --style synthetic, jpeg for photo and street"})
     jpeg_quality: int = field(default=92, metadata={"help": "JPEG quality (1-95)"})
     scenes_per_task: int = field(default=64, metadata={"help": "scenes per Ray task (the unit of retry and resume)"})
     shard_target_mb: float = field(default=64.0, metadata={"help": "approximate size of one Parquet shard, MiB"})
@@ -79,7 +80,7 @@ class MakeSyntheticConfig:
         if self.format not in ("shards", "images"):
             raise ValueError(f"--format must be shards or images, got {self.format!r}")
         if self.image_format is None:
-            self.image_format = "jpeg" if self.style == "photo" else "png"
+            self.image_format = "png" if self.style == "synthetic" else "jpeg"
         if self.image_format not in ("png", "jpeg"):
             raise ValueError(f"--image-format must be png or jpeg, got {self.image_format!r}")
         if not 1 <= self.jpeg_quality <= 95:

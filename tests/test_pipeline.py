@@ -31,8 +31,8 @@ from depthlib.pipeline.stages import build_plan, relative
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("untrained", "teacher", "student_tiny", "metric")
-SETS = ("synthetic", "photo")
-STAGE_NAMES = ["synthetic", "heldout", "bucket", "untrained", "teacher", "pseudo_labels", "student_tiny", "metric",
+SETS = ("synthetic", "photo", "street")
+STAGE_NAMES = ["synthetic", "metric_data", "heldout", "bucket", "untrained", "teacher", "pseudo_labels", "student_tiny", "metric",
                "evaluate/untrained", "evaluate/teacher", "evaluate/student_tiny", "evaluate/metric"]
 
 
@@ -197,7 +197,10 @@ def test_presets_build_every_stage_from_the_training_presets(tmp_path):
     assert by["pseudo_labels"]["checkpoint"] == "<storage>/teacher/model.pth" and by["pseudo_labels"]["input_size"] == 126
     ev = by["evaluate/metric"]
     assert ev["metric"] is True and ev["max_depth"] == 20.0 and ev["checkpoint"] == "<storage>/metric/model.pth"
-    assert ev["depth_range"] == ["shards.synthetic=0.1,100", "shards.photo=0.1,100"]
+    assert by["metric"]["data"] == ["<storage>/metric_data/shards"] and by["metric_data"]["style"] == "street"
+    assert by["metric"]["val_data"] == "<storage>/heldout/street/shards"
+    assert ev["depth_range"] == [f"shards.{s}=0.001,20" for s in SETS]  # the metric model's own range
+    assert by["evaluate/teacher"]["depth_range"] == [f"shards.{s}=0.1,100" for s in SETS]
     assert "da2k.heldout=<storage>/heldout/da2k" in ev["dataset"]
     # settings do not depend on where the storage is: a moved directory keeps its finished stages
     other = build_plan(PipelineConfig(**PRESETS["demo"], storage="s3://bucket/elsewhere"))
@@ -208,6 +211,7 @@ def test_presets_build_every_stage_from_the_training_presets(tmp_path):
                                     train_set=["student.cutmix=false", "student_vitb.lr=1e-6", "teacher.steps=10"]))
     g = {s.name: s.settings for s in gpu.stages}
     assert "bucket" not in g and g["pseudo_labels"]["input"] == "s3://b/photos"
+    assert g["metric_data"]["count"] == 20_000 and g["metric"]["data"] == ["<storage>/metric_data/shards"]
     assert g["teacher"]["encoder"] == "vitl" and g["teacher"]["pretrained_encoder"] == "s3://w/l.pth"
     assert g["teacher"]["steps"] == 10 and g["teacher"]["lr"] == TRAIN_PRESETS["teacher_vitl"]["lr"]
     assert g["student_vits"]["pretrained_encoder"] == "s3://w/s.pth" and g["student_vitb"]["pretrained_encoder"] is None
@@ -311,9 +315,9 @@ def test_pairs_written_from_held_out_shards_are_read_by_the_da2k_layout(tmp_path
         render_task(cfg, 0)
         sets[style] = str(tmp_path / style / "shards")
     counts = write_pairs(sets, str(tmp_path / "da2k"), 6, 1.2, seed=0)
-    assert counts == {"synthetic": {"images": 3, "pairs": 18}, "photo": {"images": 3, "pairs": 18}}
+    assert counts == {s: {"images": 3, "pairs": 18} for s in SETS}
     plan = plan_dataset("da2k.heldout", str(tmp_path / "da2k"))
-    assert plan.name == "da2k.heldout" and len(plan.samples) == 6
+    assert plan.name == "da2k.heldout" and len(plan.samples) == 3 * len(SETS)
     assert {s["scene"] for s in plan.samples} == set(SETS)
     annotations = json.loads((tmp_path / "da2k" / "annotations.json").read_text())
     truth = {}
@@ -554,7 +558,8 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_a
             keys |= {o["Key"][len("pipeline/"):] for o in page.get("Contents", [])}
         for name in STAGE_NAMES:
             assert complete(name), name
-        for key in ("synthetic/summary.json", "heldout/da2k/annotations.json", "bucket/summary.json",
+        for key in ("synthetic/summary.json", "metric_data/summary.json", "heldout/da2k/annotations.json",
+                    "heldout/street/summary.json", "bucket/summary.json",
                     "teacher/model.pth", "pseudo_labels/summary.json", "student_tiny/model.pth", "metric/model.pth",
                     "report.json", "report.md", *(f"evaluate/{m}/report.json" for m in MODELS)):
             assert key in keys, key
@@ -568,15 +573,16 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_a
         _check_report(report)
         stages = {n: s["status"] for n, s in report["stages"].items()}
         assert list(stages) == STAGE_NAMES
-        assert all(stages[n] == "skipped" for n in STAGE_NAMES[:5]), stages
+        assert all(stages[n] == "skipped" for n in STAGE_NAMES[:6]), stages
         assert stages["pseudo_labels"] in ("ran", "resumed") and stages["student_tiny"] == "ran"
-        assert all(stages[n] == "ran" for n in STAGE_NAMES[7:]), stages
+        assert all(stages[n] == "ran" for n in STAGE_NAMES[8:]), stages
         assert s3.head_object(Bucket=bucket, Key="pipeline/teacher/model.pth")["ETag"] == teacher_model
         assert s3_server.secret_access_key not in json.dumps(report)
         labels = read_json("pseudo_labels/summary.json")
         assert labels["labelled"] == PRESETS["smoke"]["bucket_count"] and labels["skipped"] == 0
         ev = read_json("evaluate/metric/report.json")
         assert ev["metric"] is True and ev["datasets"]["shards.photo"]["protocol"]["alignment"] == "none"
+        assert ev["datasets"]["shards.street"]["protocol"]["max_depth"] == 20.0  # the metric model's range
         ev = read_json("evaluate/teacher/report.json")
         assert ev["datasets"]["shards.photo"]["protocol"]["min_depth"] == 0.1
         assert ev["datasets"]["shards.photo"]["protocol"]["max_depth"] == 100.0

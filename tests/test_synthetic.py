@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from depthlib.synthetic import (
-    Camera, Light, Material, Primitive, Room, SceneSpec, encode_image, render, render_scene, sample_scene,
+    STREET_RIG, STYLES, Camera, Light, Material, Primitive, Room, SceneSpec, encode_image, render, render_scene,
+    sample_scene,
 )
 
 
@@ -45,7 +46,7 @@ def _sphere_hit(o, d, c, r):
 # --------------------------------------------------------------------------- random scenes
 
 
-@pytest.mark.parametrize("style", ["synthetic", "photo"])
+@pytest.mark.parametrize("style", STYLES)
 def test_shapes_dtypes_and_determinism(style):
     a = render_scene(11, 48, 64, style)
     b = render_scene(11, 48, 64, style)
@@ -60,7 +61,7 @@ def test_shapes_dtypes_and_determinism(style):
     np.testing.assert_array_equal(a.valid, b.valid)
 
 
-@pytest.mark.parametrize("style", ["synthetic", "photo"])
+@pytest.mark.parametrize("style", STYLES)
 def test_depth_positive_where_valid_zero_elsewhere(style):
     for seed in range(12):
         s = render_scene(seed, 64, 64, style)
@@ -89,7 +90,7 @@ def test_variety_across_seeds():
     assert min(dists) < 2.0 and max(dists) > 30.0
 
 
-@pytest.mark.parametrize("style", ["synthetic", "photo"])
+@pytest.mark.parametrize("style", STYLES)
 def test_camera_is_outside_every_primitive(style):
     for seed in range(150):
         spec = sample_scene(seed, 32, 32, style)
@@ -119,6 +120,27 @@ def test_photo_style_differs_from_synthetic():
     sat_photo, rough_photo = stats("photo")
     assert sat_photo < 0.8 * sat_syn
     assert rough_photo > rough_syn
+
+
+def test_street_scenes_share_one_camera_rig():
+    """Metric scale is in a street image: same intrinsics, camera 1.6 m above the road, near level;
+    the road in the bottom rows is at the depth that rig puts it."""
+    on_road = total = 0
+    for seed in range(30):
+        spec = sample_scene(seed, 40, 56, "street")
+        np.testing.assert_allclose(spec.camera.K, Camera.from_angles(40, 56, hfov_deg=STREET_RIG["hfov_deg"]).K)
+        pose = np.asarray(spec.camera.camera_to_world, np.float64)
+        assert abs(pose[2, 3] - STREET_RIG["height_m"]) <= 0.05
+        pitch = math.degrees(math.asin(pose[2, 2]))  # optical axis above the horizontal
+        assert STREET_RIG["pitch_deg"][0] - 0.1 <= pitch <= STREET_RIG["pitch_deg"][1] + 0.1
+        scene = render(spec)
+        for i in (38, 39):
+            for j in range(0, 56, 5):
+                d = pose[:3, :3] @ np.linalg.solve(np.asarray(spec.camera.K, np.float64), [j, i, 1.0])
+                road = -pose[2, 3] / d[2]  # planar depth of the ground under this pixel
+                total += 1
+                on_road += bool(scene.valid[i, j] and abs(scene.depth[i, j] - road) < 1e-4 * road)
+    assert on_road > 0.8 * total
 
 
 def test_photo_sky_is_painted_but_invalid():

@@ -46,13 +46,16 @@ def _render(ray_session, output: str, count: int, size: str, seed: int, style: s
 @pytest.fixture(scope="module")
 def data(ray_session, tmp_path_factory):
     """Synthetic training scenes, held-out synthetic and photo-style scenes with
-    exact depth, and a bucket of photo-style JPEGs (the stand-in for real photos)."""
+    exact depth, a bucket of photo-style JPEGs (the stand-in for real photos),
+    and street scenes from one driving rig (the metric set) with their held-out part."""
     root = str(tmp_path_factory.mktemp("training_data"))
     return {
         "synthetic": _render(ray_session, f"{root}/syn_train", 384, f"{CROP}x{CROP}", 0, "synthetic"),
         "synthetic_val": _render(ray_session, f"{root}/syn_val", 64, f"{CROP}x{CROP}", 1, "synthetic"),
         "photo_val": _render(ray_session, f"{root}/photo_val", 48, f"{CROP}x168", 2, "photo"),
         "bucket": _render(ray_session, f"{root}/bucket", 160, f"{CROP}x168", 3, "photo", fmt="images"),
+        "street": _render(ray_session, f"{root}/street_train", 384, f"{CROP}x{CROP}", 4, "street"),
+        "street_val": _render(ray_session, f"{root}/street_val", 64, f"{CROP}x{CROP}", 5, "street"),
         "root": root,
     }
 
@@ -188,44 +191,57 @@ def test_student_on_pseudo_labels_gets_close_to_its_teacher(data, teacher, pseud
 
 @pytest.mark.slow
 def test_metric_fine_tune_learns_metric_depth(data, teacher, tmp_path):
-    """200 steps from the teacher, ``--max-depth 20``, scored in metres without alignment.
+    """200 steps from the teacher on street scenes (one driving rig, as in Virtual
+    KITTI 2), ``--max-depth 20``, scored in metres without alignment on held-out
+    street scenes.
 
-    Bounded: far better than the fresh metric model, and better than predicting
-    the training set's median depth everywhere in SiLog, the objective. The
-    issue's AbsRel bound (< 0.8 x the median constant's) is NOT reached here
-    and is only printed: these scenes' per-image scale (camera height
-    log-uniform 0.3-4 m, random texture scales) is barely inferable from the
-    image, the model fits it on training images but not on held-out ones, and
-    AbsRel rewards under-prediction that SiLog does not ask for (see
-    docs/training.md, "What the tiny runs show")."""
+    The issue's bound: AbsRel below 0.8 x that of predicting the training set's
+    median depth everywhere. Also below the per-pixel median depth of the
+    training set (a fixed rig makes depth largely a function of the image row;
+    beating that prior shows the model reads the image), and far below the
+    fresh metric model. On the teacher's own scenes, whose camera height and
+    field of view are random, metric scale is not in the image and the same
+    fine-tune only reaches ~0.97 x the median constant (docs/training.md)."""
     output = str(tmp_path / "metric")
-    cfg = _config(stage="metric", data=[data["synthetic"]], val_data=data["synthetic_val"], output=output,
+    cfg = _config(stage="metric", data=[data["street"]], val_data=data["street_val"], output=output,
                   steps=200, init_from=teacher["model"], max_depth=20.0)
     run_training(cfg, start_retries=0)
     protocol = Protocol(cfg.min_depth, cfg.max_depth, "none")
-    decoded = [row.decode() for row in load_validation_rows(data["synthetic"], 1000)]
-    train_depths = np.concatenate([depth[valid] for _, depth, valid in decoded])
-    median = float(np.median(train_depths[(train_depths > cfg.min_depth) & (train_depths < cfg.max_depth)]))
+    decoded = [row.decode() for row in load_validation_rows(data["street"], 1000)]
+    in_range = [valid & (depth > cfg.min_depth) & (depth < cfg.max_depth) for _, depth, valid in decoded]
+    train_depths = np.concatenate([depth[keep] for (_, depth, _), keep in zip(decoded, in_range)])
+    median = float(np.median(train_depths))
     assert config_of(output)["head_start_depth"] == pytest.approx(median, rel=0.15)  # from the first rows
+    stacked = np.stack([np.where(keep, depth, np.nan) for (_, depth, _), keep in zip(decoded, in_range)])
+    with np.errstate(all="ignore"):
+        per_pixel = np.nanmedian(stacked, axis=0)
+    per_pixel = torch.from_numpy(np.where(np.isfinite(per_pixel), per_pixel, median).astype(np.float32))
 
-    class Constant(torch.nn.Module):
-        def __init__(self):
+    class Fixed(torch.nn.Module):
+        """Predicts the same depth map (metres, at the set's resolution) for every image."""
+
+        def __init__(self, depth: torch.Tensor):
             super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(1))
+            self.register_buffer("depth", depth)
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # inference reads the device off a parameter
 
         def forward(self, x):
-            return torch.full((x.shape[0], x.shape[2], x.shape[3]), median)
+            return self.depth.expand(x.shape[0], *self.depth.shape)
 
     keys = ("abs_rel", "d1", "silog")
     torch.manual_seed(0)
-    fresh = _evaluate(build_model("tiny", metric=True, max_depth=20.0).eval(), data["synthetic_val"], protocol, keys)
-    baseline = _evaluate(Constant(), data["synthetic_val"], protocol, keys)
+    fresh = _evaluate(build_model("tiny", metric=True, max_depth=20.0).eval(), data["street_val"], protocol, keys)
+    constant = _evaluate(Fixed(torch.full(per_pixel.shape, median)), data["street_val"], protocol, keys)
+    prior = _evaluate(Fixed(per_pixel), data["street_val"], protocol, keys)
     metric = _evaluate(load_released(storage.join(output, "model.pth"), "tiny", metric=True, max_depth=20.0),
-                       data["synthetic_val"], protocol, keys)
-    print(f"\nmetric held-out synthetic (metres, no alignment): fresh {fresh}, median {median:.2f} m -> {baseline}, "
-          f"model {metric}; AbsRel / median constant's {metric['abs_rel'] / baseline['abs_rel']:.3f} (issue: < 0.8)")
+                       data["street_val"], protocol, keys)
+    print(f"\nmetric held-out street (metres, no alignment): fresh {fresh}, median {median:.2f} m -> {constant}, "
+          f"per-pixel median -> {prior}, model {metric}; AbsRel / median constant's "
+          f"{metric['abs_rel'] / constant['abs_rel']:.3f} (issue: < 0.8), / per-pixel median's "
+          f"{metric['abs_rel'] / prior['abs_rel']:.3f}")
+    assert metric["abs_rel"] < 0.8 * constant["abs_rel"]
+    assert metric["abs_rel"] < prior["abs_rel"]  # measured 0.89x; SiLog and delta1 are close to the prior's
     assert metric["abs_rel"] < 0.5 * fresh["abs_rel"] and metric["silog"] < 0.75 * fresh["silog"]
-    assert metric["silog"] < 0.97 * baseline["silog"]
 
 
 def config_of(output: str) -> dict:

@@ -11,7 +11,8 @@ Presets (``PRESETS``):
 
 * ``demo``: this machine. Local Ray, a local directory, the ``tiny`` model
   (``tiny_cpu`` recipe) at 126 px; procedural synthetic scenes for the
-  teacher, a rendered bucket of photo-style JPEGs as the "real" images.
+  teacher, a rendered bucket of photo-style JPEGs as the "real" images,
+  rendered street scenes (one driving rig) for the metric fine-tune.
 * ``smoke``: the same at a few steps and a few dozen images, for tests and
   for checking that a cluster runs the pipeline at all (a few minutes on CPUs).
 * ``gpu_vitl``: ViT-S and ViT-B students from a ViT-L teacher at 518 on a
@@ -64,9 +65,10 @@ class PipelineConfig:
     synthetic_count: int = field(default=100_000, metadata={"help": "procedural training scenes to render"})
     synthetic_size: str = field(default="518x518", metadata={"help": "HxW of the rendered training scenes"})
     heldout_count: int = field(default=500, metadata={
-        "help": "held-out scenes with exact depth rendered in each style (synthetic, photo) for evaluation"})
+        "help": "held-out scenes with exact depth rendered in each style (synthetic, photo, street) for evaluation"})
     heldout_size: str = field(default="518x518", metadata={"help": "HxW of the synthetic-style held-out scenes"})
-    heldout_photo_size: str = field(default="518x686", metadata={"help": "HxW of the photo-style held-out scenes"})
+    heldout_photo_size: str = field(default="518x686", metadata={
+        "help": "HxW of the photo-style and street held-out scenes"})
     pairs_per_image: int = field(default=20, metadata={
         "help": "DA-2K-style point pairs sampled on each held-out image's exact depth"})
     pair_min_ratio: float = field(default=1.2, metadata={
@@ -93,12 +95,16 @@ class PipelineConfig:
     metric_workers: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) of the metric fine-tune"})
     metric_max_depth: Optional[float] = field(default=None, metadata={
         "help": "metric model: depth of a sigmoid output of 1, m (default: the metric preset's, 20 m for "
-                "Hypersim; procedural scenes reach 80 m, with half their pixels nearer than 3 m)"})
+                "Hypersim); it is also the far end of the depth range the metric model is evaluated on"})
     metric_from: Optional[str] = field(default=None, metadata={
         "help": "encoder of the student the metric model is fine-tuned from (the paper fine-tunes its "
                 "students); default: the first student"})
     metric_data: list[str] = field(default_factory=list, metadata={
-        "help": "metric-depth shards for the fine-tune (e.g. Hypersim); default: the synthetic training shards"})
+        "help": "metric-depth shards for the fine-tune (e.g. Hypersim, Virtual KITTI 2); without them "
+                "--metric-count street scenes are rendered (one driving camera rig, so metric scale is in the image)"})
+    metric_count: int = field(default=20_000, metadata={
+        "help": "street scenes rendered for the metric fine-tune when --metric-data is not given"})
+    metric_size: str = field(default="518x686", metadata={"help": "HxW of the rendered street scenes"})
     pretrained: list[str] = field(default_factory=list, metadata={
         "help": "ENCODER=URI of DINOv2 weights every model of that encoder starts from (e.g. "
                 "vitl=s3://.../dinov2_vitl14_pretrain.pth); without them training starts from random weights"})
@@ -126,7 +132,7 @@ class PipelineConfig:
     def __post_init__(self):
         if not self.storage:
             raise ValueError("--storage is required")
-        for name in ("synthetic_size", "heldout_size", "heldout_photo_size", "bucket_size"):
+        for name in ("synthetic_size", "heldout_size", "heldout_photo_size", "bucket_size", "metric_size"):
             setattr(self, name, _size(getattr(self, name), name.replace("_", "-")))
         for name in ("heldout_count", "pairs_per_image", "scenes_per_task", "teacher_workers", "student_workers",
                      "metric_workers", "label_actors", "label_batch_size", "label_partition_size", "eval_actors",
@@ -135,6 +141,8 @@ class PipelineConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.synthetic_data and self.synthetic_count < 1:
             raise ValueError("--synthetic-count must be >= 1 (or give --synthetic-data)")
+        if not self.metric_data and self.metric_count < 1:
+            raise ValueError("--metric-count must be >= 1 (or give --metric-data)")
         if self.unlabeled is None and self.bucket_count < 1:
             raise ValueError("give --unlabeled URI (the bucket of real images to pseudo-label), or "
                              "--bucket-count N to render N photo-style stand-ins")
@@ -223,16 +231,17 @@ def _parse_value(text: str, tp) -> object:
 _TINY = dict(teacher_preset="tiny_cpu", student_presets=["tiny_cpu"], metric_preset="tiny_cpu",
              teacher_workers=2, student_workers=2, metric_workers=2,
              synthetic_size="126x126", heldout_size="126x126", heldout_photo_size="126x168", bucket_size="126x168",
+             metric_size="126x168",
              label_batch_size=8, label_partition_size=32, eval_batch_size=16)
 _GPU = dict(synthetic_size="518x518", heldout_count=500, heldout_size="518x518", heldout_photo_size="518x686",
             label_actors=8, label_batch_size=32, label_partition_size=256, eval_actors=2, eval_batch_size=8)
 
 PRESETS: dict[str, dict] = {
     # `make demo`: the paper in miniature on this machine (about 10 minutes on 2 cores).
-    "demo": dict(_TINY, synthetic_count=384, heldout_count=64, pairs_per_image=16, bucket_count=384,
+    "demo": dict(_TINY, synthetic_count=384, heldout_count=64, pairs_per_image=16, bucket_count=384, metric_count=384,
                  teacher_steps=400, student_steps=400, metric_steps=200),
     # Tests and a first check of a cluster: every stage, a few steps, a few dozen images.
-    "smoke": dict(_TINY, synthetic_count=64, heldout_count=12, pairs_per_image=8, bucket_count=32,
+    "smoke": dict(_TINY, synthetic_count=64, heldout_count=12, pairs_per_image=8, bucket_count=32, metric_count=32,
                   scenes_per_task=16, teacher_steps=20, student_steps=20, metric_steps=10),
     # ViT-S and ViT-B students from a ViT-L teacher at 518 on a bucket of real images (--unlabeled).
     "gpu_vitl": dict(_GPU, synthetic_count=100_000, teacher_preset="teacher_vitl", teacher_workers=8,

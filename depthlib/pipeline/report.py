@@ -3,14 +3,14 @@
 Written after every run as ``<storage>/report.json`` and ``report.md``::
 
     {"models": {"untrained" | "teacher" | "student_<enc>" | "metric":
-                    {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}}},
+                    {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}, "street": {...}}},
      "benchmarks": {model: {dataset: {"abs_rel", "d1"} or {"accuracy"}}},
      "metric_from": "student_<enc>", "stages": {stage: {"status", "seconds"}}, "seconds": ..., "pictures": {...}}
 
 AbsRel and delta1 of relative models are after the per-image least-squares
 scale and shift in disparity (the zero-shot protocol); the metric model's are
-in metres, unaligned. ``pair_accuracy`` is the share of DA-2K-style pairs
-(sampled on the held-out ground truth) ordered right.
+in metres, unaligned, on the pixels within its training depth range.
+``pair_accuracy`` is the share of DA-2K-style pairs (sampled on the held-out ground truth) ordered right.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import json
 from depthlib import storage
 from depthlib.pipeline.stages import HELDOUT_SETS, PAIRS_DATASET, Plan
 
-SET_TITLES = {"synthetic": "synthetic-style held-out", "photo": "photo-style held-out (\"real\")"}
+SET_TITLES = {"synthetic": "synthetic-style held-out", "photo": "photo-style held-out (\"real\")",
+              "street": "street held-out (one rig)"}
 
 
 def model_table(plan: Plan) -> tuple[dict, dict, dict]:
@@ -81,7 +82,8 @@ def format_table(models: dict, protocol: dict, metric_from: str | None = None) -
                         f"{'':{group - 23}}" for s in HELDOUT_SETS)
         lines.append(f"{label:<{name_w}}{cells}".rstrip())
     lines.append("AbsRel lower is better, delta1 and pairs (DA-2K-style pair accuracy) higher. Relative models: "
-                 "per-image least-squares scale and shift in disparity; metric: metres, unaligned"
+                 "per-image least-squares scale and shift in disparity; metric: metres, unaligned, within its "
+                 "training depth range"
                  + (f" (fine-tuned from {metric_from})" if metric_from else "") + ".")
     notes = [f"{s}: {p['images']} images, depth {p['min_depth']:g}-{p['max_depth']:g} m, {p['pairs']} pairs"
              for s, p in protocol.items() if p]
@@ -102,7 +104,8 @@ def markdown(report: dict) -> str:
                       "–" if r["pair_accuracy"] is None else f"{100 * r['pair_accuracy']:.1f}%"]
         lines.append(f"| {name}{' (m)' if name == 'metric' else ''} | " + " | ".join(cells) + " |")
     lines += ["", "Relative models: per-image least-squares scale and shift in disparity (zero-shot protocol); "
-              f"the metric model (fine-tuned from {report['metric_from']}): metres, no alignment. "
+              f"the metric model (fine-tuned from {report['metric_from']}): metres, no alignment, within its "
+              "training depth range. "
               "Pairs: DA-2K-style pair accuracy on pairs sampled on the held-out ground truth.", ""]
     for name, entries in report.get("benchmarks", {}).items():
         lines.append(f"- **{name}** benchmarks: " + ", ".join(

@@ -10,9 +10,12 @@ reads and writes under ``<storage>``, and each stage's settings fingerprint.
 stage                    what                                        outputs under <storage>/
 =======================  ==========================================  ==========================
 synthetic                procedural training scenes, exact depth     synthetic/shards/
-heldout                  held-out scenes (synthetic and photo        heldout/synthetic/shards/,
-                         style, exact depth) and DA-2K-style pairs   heldout/photo/shards/,
-                         sampled on their ground truth               heldout/da2k/
+metric_data              street scenes from one driving rig, exact   metric_data/shards/
+                         depth (the metric fine-tune's data)
+heldout                  held-out scenes (synthetic, photo and       heldout/synthetic/shards/,
+                         street style, exact depth) and DA-2K-style  heldout/photo/shards/,
+                         pairs sampled on their ground truth         heldout/street/shards/,
+                                                                     heldout/da2k/
 bucket                   photo-style JPEGs: the unlabeled bucket     bucket/images/
 untrained                a randomly initialised model (baseline)     untrained/model.pth
 teacher                  teacher on the synthetic shards             teacher/model.pth, ...
@@ -23,8 +26,12 @@ evaluate/<model>         each model on the held-out sets (+ any      evaluate/<m
                          --benchmark)
 =======================  ==========================================  ==========================
 
-``synthetic`` is left out when ``--synthetic-data`` is given, ``bucket``
-when ``--unlabeled`` is.
+``synthetic`` is left out when ``--synthetic-data`` is given, ``metric_data``
+when ``--metric-data`` is, ``bucket`` when ``--unlabeled`` is.
+
+Every model is evaluated on every held-out set: relative models with the
+zero-shot protocol in the teacher's validation depth range, the metric model
+in metres, unaligned, in its own training range (``min_depth``-``max_depth``).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from depthlib.pipeline.config import PipelineConfig
 from depthlib.pipeline.runner import Stage
 
 # Held-out sets and their names in every evaluation report (scene names of the DA-2K-style pairs).
-HELDOUT_SETS = ("synthetic", "photo")
+HELDOUT_SETS = ("synthetic", "photo", "street")
 PAIRS_DATASET = "da2k.heldout"
 
 # Training settings that do not change what a run produces (placement, logging, retries).
@@ -52,8 +59,9 @@ EVAL_OPERATIONAL = frozenset({"output", "batch_size", "min_actors", "max_actors"
 
 
 def data_seed(cfg: PipelineConfig, k: int) -> int:
-    """Seed of rendered set ``k`` (0 training, 1 held-out synthetic, 2 held-out photo, 3 bucket):
-    different sets never share a scene."""
+    """Seed of rendered set ``k`` (0 training, 1 held-out, 2 held-out photo, 3 bucket): sets of one
+    style never share a scene, and sets of different styles never do whatever their seeds (each
+    style draws its scenes from its own random stream)."""
     return 4 * cfg.seed + k
 
 
@@ -147,12 +155,23 @@ def build_plan(cfg: PipelineConfig) -> Plan:
                             describe=f"{job.count} synthetic scenes at {job.size}"))
         train_data, synthetic_needs = [at("synthetic", "shards")], ("synthetic",)
 
+    metric_needs: tuple[str, ...] = ()
+    if cfg.metric_data:
+        metric_data = list(cfg.metric_data)
+    else:
+        job = MakeSyntheticConfig(output=at("metric_data"), count=cfg.metric_count, size=cfg.metric_size,
+                                  seed=data_seed(cfg, 0), style="street", format="shards",
+                                  scenes_per_task=cfg.scenes_per_task)
+        stages.append(Stage("metric_data", job.fingerprint(), _render(job), ("summary.json",),
+                            describe=f"{job.count} street scenes (one driving rig) at {job.size} for the metric model"))
+        metric_data, metric_needs = [at("metric_data", "shards")], ("metric_data",)
+
     sets = {
         style: MakeSyntheticConfig(output=at("heldout", style), count=cfg.heldout_count,
                                    size=cfg.heldout_size if style == "synthetic" else cfg.heldout_photo_size,
-                                   seed=data_seed(cfg, 1 + i), style=style, format="shards",
+                                   seed=data_seed(cfg, 2 if style == "photo" else 1), style=style, format="shards",
                                    scenes_per_task=cfg.scenes_per_task)
-        for i, style in enumerate(HELDOUT_SETS)}
+        for style in HELDOUT_SETS}
     heldout = {style: storage.join(job.output, "shards") for style, job in sets.items()}
     pairs = at("heldout", "da2k")
     pair_settings = {"per_image": cfg.pairs_per_image, "min_ratio": cfg.pair_min_ratio, "seed": cfg.seed}
@@ -201,7 +220,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
                              f"({', '.join(s.encoder for _, s in students)})")
         base_name, base = chosen[0]
     _, metric = _train_config(cfg, "metric", cfg.metric_preset, "metric", root, encoder=base.encoder,
-                              data=list(cfg.metric_data) or train_data, val_data=heldout["synthetic"],
+                              data=metric_data, val_data=heldout["street"],
                               workers=cfg.metric_workers,
                               init_from=storage.join(base.output, "model.pth"),
                               **({"steps": cfg.metric_steps} if cfg.metric_steps else {}),
@@ -221,8 +240,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
                         describe=f"the bucket labelled by the teacher at {input_size} px"))
     for name, student in students:
         stages.append(_train_stage(name, student, root, ("pseudo_labels", "heldout")))
-    metric_needs = (base_name, "heldout") + (() if cfg.metric_data else synthetic_needs)
-    stages.append(_train_stage("metric", metric, root, metric_needs))
+    stages.append(_train_stage("metric", metric, root, (base_name, "heldout") + metric_needs))
 
     # ---- evaluation of every model on the held-out sets (+ benchmarks)
     models = [Model("untrained", "untrained", at("untrained", "model.pth"), base.encoder),
@@ -237,11 +255,12 @@ def build_plan(cfg: PipelineConfig) -> Plan:
     if clash:
         raise ValueError(f"--benchmark {clash}: these names are the pipeline's own held-out sets; use another label "
                          f"(e.g. shards.mine=URI)")
-    ranges = [f"shards.{s}={zero_shot[0]:g},{zero_shot[1]:g}" for s in HELDOUT_SETS]
     for m in models:
+        low, high = (metric.min_depth, metric.max_depth) if m.metric else zero_shot
         ev = EvaluateConfig(checkpoint=m.checkpoint, encoder=m.encoder, metric=m.metric, max_depth=m.max_depth,
                             dataset=[f"{k}={v}" for k, v in ours.items()] + list(cfg.benchmark),
-                            split=list(cfg.benchmark_split), depth_range=ranges, output=at("evaluate", m.name),
+                            split=list(cfg.benchmark_split), output=at("evaluate", m.name),
+                            depth_range=[f"shards.{s}={low:g},{high:g}" for s in HELDOUT_SETS],
                             input_size=input_size, batch_size=cfg.eval_batch_size, min_actors=cfg.eval_actors,
                             max_actors=cfg.eval_actors)
         stages.append(Stage(f"evaluate/{m.name}", _settings(ev, EVAL_OPERATIONAL, root), _evaluate(m.name, ev),
