@@ -571,6 +571,11 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_a
 
         report = read_json("report.json")
         _check_report(report)
+        baseline = report["metric_baseline"]  # the metric training data's median depth everywhere
+        assert baseline["median_depth"] == read_json("metric/config.json")["config"]["head_start_depth"]
+        assert set(baseline["sets"]) == set(SETS) and all(v["abs_rel"] > 0 for v in baseline["sets"].values())
+        md = s3.get_object(Bucket=bucket, Key="pipeline/report.md")["Body"].read().decode()
+        assert f"| constant {baseline['median_depth']:.2f} m |" in md
         stages = {n: s["status"] for n, s in report["stages"].items()}
         assert list(stages) == STAGE_NAMES
         assert all(stages[n] == "skipped" for n in STAGE_NAMES[:6]), stages

@@ -35,14 +35,16 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict:
     plan, _ = check(config)
     outcomes = run_stages(plan.root, plan.stages, config.rerun, config.discard_replaced, log)
     models, benchmarks, protocol = report_mod.model_table(plan)
+    baseline = report_mod.metric_baseline(plan)
     report = {
         "models": models, "benchmarks": benchmarks, "metric_from": plan.base_student, "protocol": protocol,
+        "metric_baseline": baseline,
         "stages": {n: {"status": o.status, "seconds": o.seconds} for n, o in outcomes.items()},
         "seconds": round(time.time() - t0, 1), "storage": storage.redact(plan.root),
         "pictures": {k: storage.redact(v) for k, v in report_mod.pictures(plan).items()},
         "preset": config.preset,
     }
     report_mod.write(plan.root, report)
-    log("[pipeline] results:\n" + report_mod.format_table(models, protocol, plan.base_student))
+    log("[pipeline] results:\n" + report_mod.format_table(models, protocol, plan.base_student, baseline))
     log(f"[pipeline] report: {storage.redact(storage.join(plan.root, 'report.md'))} ({report['seconds']:.0f}s)")
     return report

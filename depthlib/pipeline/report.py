@@ -5,6 +5,7 @@ Written after every run as ``<storage>/report.json`` and ``report.md``::
     {"models": {"untrained" | "teacher" | "student_<enc>" | "metric":
                     {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}, "street": {...}}},
      "benchmarks": {model: {dataset: {"abs_rel", "d1"} or {"accuracy"}}},
+     "metric_baseline": {"median_depth": m, "sets": {set: {"abs_rel", "d1"}}},
      "metric_from": "student_<enc>", "stages": {stage: {"status", "seconds"}}, "seconds": ..., "pictures": {...}}
 
 AbsRel and delta1 of relative models are after the per-image least-squares
@@ -47,6 +48,36 @@ def model_table(plan: Plan) -> tuple[dict, dict, dict]:
     return models, benchmarks, protocol
 
 
+def metric_baseline(plan: Plan) -> dict:
+    """What the metric row must beat: the median depth the metric fine-tune's head started at (the
+    median of its first training rows, ``head_start_depth`` in ``metric/config.json``) predicted
+    everywhere, scored like the metric model (metres, unaligned, its depth range) on each held-out set.
+
+    Returns ``{"median_depth": m, "sets": {set: {"abs_rel", "d1"}}}``.
+    """
+    import numpy as np
+    import torch
+
+    from depthlib.evaluation.protocol import Protocol, score, valid_pixels
+    from depthlib.training.data import load_validation_rows
+
+    cfg = json.loads(storage.read_bytes(storage.join(plan.root, "metric", "config.json")))["config"]
+    median = float(cfg["head_start_depth"])
+    protocol = Protocol(cfg["min_depth"], cfg["max_depth"], "none")
+    sets = {}
+    for s in HELDOUT_SETS:
+        scores = {"abs_rel": [], "d1": []}
+        for row in load_validation_rows(storage.join(plan.root, "heldout", s, "shards"), 1 << 30):
+            _, depth, valid = row.decode()
+            gt, mask = torch.from_numpy(depth), torch.from_numpy(valid)
+            if bool(valid_pixels(gt, mask, protocol).any()):
+                m = score(torch.full_like(gt, median), gt, mask, protocol)
+                for k in scores:
+                    scores[k].append(float(m[k]))
+        sets[s] = {k: float(np.mean(v)) if v else None for k, v in scores.items()}
+    return {"median_depth": median, "sets": sets}
+
+
 def pictures(plan: Plan) -> dict[str, str]:
     """Where a person would look: training curves and samples, labels, evaluation grids."""
     at = lambda *p: storage.join(plan.root, *p)  # noqa: E731
@@ -69,14 +100,22 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def format_table(models: dict, protocol: dict, metric_from: str | None = None) -> str:
-    """A plain-text table: one row per model, AbsRel / delta1 / pair accuracy per held-out set."""
-    name_w = max(len("model"), *(len(n) + len(" (metres)") for n in models)) + 2
+def _baseline_label(baseline: dict) -> str:
+    return f"constant {baseline['median_depth']:.2f} m"
+
+
+def format_table(models: dict, protocol: dict, metric_from: str | None = None, baseline: dict | None = None) -> str:
+    """A plain-text table: one row per model, AbsRel / delta1 / pair accuracy per held-out set, and
+    the metric model's constant baseline (:func:`metric_baseline`) when given."""
+    rows = dict(models)
+    if baseline:
+        rows[_baseline_label(baseline)] = {s: {**v, "pair_accuracy": None} for s, v in baseline["sets"].items()}
+    name_w = max(len("model"), *(len(n) + len(" (metres)") for n in rows)) + 2
     group = 30
     lines = [(" " * name_w + "".join(f"{SET_TITLES.get(s, s):<{group}}" for s in HELDOUT_SETS)).rstrip(),
              (f"{'model':<{name_w}}" + "".join(f"{'AbsRel':>7}{'delta1':>8}{'pairs':>8}{'':{group - 23}}"
                                                 for _ in HELDOUT_SETS)).rstrip()]
-    for name, row in models.items():
+    for name, row in rows.items():
         label = name + (" (metres)" if name == "metric" else "")
         cells = "".join(f"{_num(row[s]['abs_rel']):>7}{_num(row[s]['d1']):>8}{_pct(row[s]['pair_accuracy']):>8}"
                         f"{'':{group - 23}}" for s in HELDOUT_SETS)
@@ -84,7 +123,9 @@ def format_table(models: dict, protocol: dict, metric_from: str | None = None) -
     lines.append("AbsRel lower is better, delta1 and pairs (DA-2K-style pair accuracy) higher. Relative models: "
                  "per-image least-squares scale and shift in disparity; metric: metres, unaligned, within its "
                  "training depth range"
-                 + (f" (fine-tuned from {metric_from})" if metric_from else "") + ".")
+                 + (f" (fine-tuned from {metric_from})" if metric_from else "") + "."
+                 + (f" {_baseline_label(baseline)}: the metric training data's median depth everywhere, scored "
+                    "like the metric model." if baseline else ""))
     notes = [f"{s}: {p['images']} images, depth {p['min_depth']:g}-{p['max_depth']:g} m, {p['pairs']} pairs"
              for s, p in protocol.items() if p]
     if notes:
@@ -96,16 +137,22 @@ def markdown(report: dict) -> str:
     lines = ["# Pipeline report", "",
              "| model | " + " | ".join(f"{s} AbsRel ↓ | {s} δ1 ↑ | {s} pairs ↑" for s in HELDOUT_SETS) + " |",
              "|---|" + "---|---|---|" * len(HELDOUT_SETS)]
-    for name, row in report["models"].items():
+    rows = dict(report["models"])
+    baseline = report.get("metric_baseline")
+    if baseline:
+        rows[_baseline_label(baseline)] = {s: {**v, "pair_accuracy": None} for s, v in baseline["sets"].items()}
+    for name, row in rows.items():
         cells = []
         for s in HELDOUT_SETS:
             r = row[s]
-            cells += [f"{r['abs_rel']:.3f}", f"{r['d1']:.3f}",
+            cells += [_num(r["abs_rel"]), _num(r["d1"]),
                       "–" if r["pair_accuracy"] is None else f"{100 * r['pair_accuracy']:.1f}%"]
         lines.append(f"| {name}{' (m)' if name == 'metric' else ''} | " + " | ".join(cells) + " |")
     lines += ["", "Relative models: per-image least-squares scale and shift in disparity (zero-shot protocol); "
               f"the metric model (fine-tuned from {report['metric_from']}): metres, no alignment, within its "
-              "training depth range. "
+              "training depth range"
+              + (f"; {_baseline_label(baseline)}: the metric training data's median depth everywhere, scored like "
+                 "the metric model" if baseline else "") + ". "
               "Pairs: DA-2K-style pair accuracy on pairs sampled on the held-out ground truth.", ""]
     for name, entries in report.get("benchmarks", {}).items():
         lines.append(f"- **{name}** benchmarks: " + ", ".join(
