@@ -15,6 +15,7 @@ Usage::
     scene.valid   # (H, W) bool, False for sky / far background
 
     photo = render_scene(seed=7, height=256, width=256, style="photo")
+    street = render_scene(seed=7, height=256, width=342, style="street")  # metric fine-tuning data
 
 How it works: a scene is a :class:`SceneSpec` (a pinhole camera, a ground plane
 or a closed room, and a list of analytic primitives with procedural materials,
@@ -51,13 +52,16 @@ half ``size``: a world point p maps to the canonical frame by
 keeps its parameter t, and one intersection routine per shape covers spheres
 and ellipsoids, cubes and oriented boxes, upright and lying cylinders.
 
-The two styles share the renderer and differ in what is sampled and in the
+The styles share the renderer and differ in what is sampled and in the
 camera "film": ``"synthetic"`` is the teacher's training data (saturated
 colours, checker / stripe / ring / gradient / noise textures, flat sky);
 ``"photo"`` stands in for unlabeled real photographs in the demo pipeline
 (natural palettes, trees / houses / rocks / cars / furniture built from
 primitives, grass and asphalt, sky with clouds and sun glow, warm light,
-tone curve, vignetting, slight blur and sensor noise; usually stored as JPEG).
+tone curve, vignetting, slight blur and sensor noise; usually stored as JPEG);
+``"street"`` is metric fine-tuning data with the photo look: a road seen from
+one driving camera rig (:data:`STREET_RIG`), objects at their real sizes
+along the kerbs, so that metric scale can be read from the image.
 """
 
 from __future__ import annotations
