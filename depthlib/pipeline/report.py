@@ -104,12 +104,18 @@ def _baseline_label(baseline: dict) -> str:
     return f"constant {baseline['median_depth']:.2f} m"
 
 
-def format_table(models: dict, protocol: dict, metric_from: str | None = None, baseline: dict | None = None) -> str:
-    """A plain-text table: one row per model, AbsRel / delta1 / pair accuracy per held-out set, and
-    the metric model's constant baseline (:func:`metric_baseline`) when given."""
+def _with_baseline(models: dict, baseline: dict | None) -> dict:
+    """The table's rows: the models, then the metric baseline (no pair accuracy) when given."""
     rows = dict(models)
     if baseline:
         rows[_baseline_label(baseline)] = {s: {**v, "pair_accuracy": None} for s, v in baseline["sets"].items()}
+    return rows
+
+
+def format_table(models: dict, protocol: dict, metric_from: str | None = None, baseline: dict | None = None) -> str:
+    """A plain-text table: one row per model, AbsRel / delta1 / pair accuracy per held-out set, and
+    the metric model's constant baseline (:func:`metric_baseline`) when given."""
+    rows = _with_baseline(models, baseline)
     name_w = max(len("model"), *(len(n) + len(" (metres)") for n in rows)) + 2
     group = 30
     lines = [(" " * name_w + "".join(f"{SET_TITLES.get(s, s):<{group}}" for s in HELDOUT_SETS)).rstrip(),
@@ -137,10 +143,8 @@ def markdown(report: dict) -> str:
     lines = ["# Pipeline report", "",
              "| model | " + " | ".join(f"{s} AbsRel ↓ | {s} δ1 ↑ | {s} pairs ↑" for s in HELDOUT_SETS) + " |",
              "|---|" + "---|---|---|" * len(HELDOUT_SETS)]
-    rows = dict(report["models"])
     baseline = report.get("metric_baseline")
-    if baseline:
-        rows[_baseline_label(baseline)] = {s: {**v, "pair_accuracy": None} for s, v in baseline["sets"].items()}
+    rows = _with_baseline(report["models"], baseline)
     for name, row in rows.items():
         cells = []
         for s in HELDOUT_SETS:

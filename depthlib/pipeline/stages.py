@@ -144,27 +144,28 @@ def build_plan(cfg: PipelineConfig) -> Plan:
     stages: list[Stage] = []
 
     # ---- data
-    synthetic_needs: tuple[str, ...] = ()
-    if cfg.synthetic_data:
-        train_data = list(cfg.synthetic_data)
-    else:
-        job = MakeSyntheticConfig(output=at("synthetic"), count=cfg.synthetic_count, size=cfg.synthetic_size,
-                                  seed=data_seed(cfg, 0), style="synthetic", format="shards",
-                                  scenes_per_task=cfg.scenes_per_task)
-        stages.append(Stage("synthetic", job.fingerprint(), _render(job), ("summary.json",),
-                            describe=f"{job.count} synthetic scenes at {job.size}"))
-        train_data, synthetic_needs = [at("synthetic", "shards")], ("synthetic",)
+    def rendered(name: str, describe: str, **job_fields) -> str:
+        """Add stage ``name`` rendering ``MakeSyntheticConfig(**job_fields)`` into ``<storage>/<name>``;
+        returns the URI of what it writes (its shards or images)."""
+        job = MakeSyntheticConfig(output=at(name), scenes_per_task=cfg.scenes_per_task, **job_fields)
+        stages.append(Stage(name, job.fingerprint(), _render(job), ("summary.json",), describe=describe))
+        return at(name, job.format)
 
-    metric_needs: tuple[str, ...] = ()
-    if cfg.metric_data:
-        metric_data = list(cfg.metric_data)
+    if cfg.synthetic_data:
+        train_data, synthetic_needs = list(cfg.synthetic_data), ()
     else:
-        job = MakeSyntheticConfig(output=at("metric_data"), count=cfg.metric_count, size=cfg.metric_size,
-                                  seed=data_seed(cfg, 0), style="street", format="shards",
-                                  scenes_per_task=cfg.scenes_per_task)
-        stages.append(Stage("metric_data", job.fingerprint(), _render(job), ("summary.json",),
-                            describe=f"{job.count} street scenes (one driving rig) at {job.size} for the metric model"))
-        metric_data, metric_needs = [at("metric_data", "shards")], ("metric_data",)
+        train_data = [rendered("synthetic", f"{cfg.synthetic_count} synthetic scenes at {cfg.synthetic_size}",
+                               count=cfg.synthetic_count, size=cfg.synthetic_size, seed=data_seed(cfg, 0),
+                               style="synthetic", format="shards")]
+        synthetic_needs = ("synthetic",)
+
+    if cfg.metric_data:
+        metric_data, metric_needs = list(cfg.metric_data), ()
+    else:
+        metric_data = [rendered("metric_data", f"{cfg.metric_count} street scenes (one driving rig) at "
+                                f"{cfg.metric_size} for the metric model", count=cfg.metric_count,
+                                size=cfg.metric_size, seed=data_seed(cfg, 0), style="street", format="shards")]
+        metric_needs = ("metric_data",)
 
     sets = {
         style: MakeSyntheticConfig(output=at("heldout", style), count=cfg.heldout_count,
@@ -181,16 +182,13 @@ def build_plan(cfg: PipelineConfig) -> Plan:
         tuple(f"{s}/summary.json" for s in sets) + ("da2k/annotations.json",),
         describe=f"{cfg.heldout_count} held-out scenes per style with exact depth, DA-2K-style pairs"))
 
-    bucket_needs: tuple[str, ...] = ()
     if cfg.unlabeled:
-        bucket = cfg.unlabeled
+        bucket, bucket_needs = cfg.unlabeled, ()
     else:
-        job = MakeSyntheticConfig(output=at("bucket"), count=cfg.bucket_count, size=cfg.bucket_size,
-                                  seed=data_seed(cfg, 3), style="photo", format="images",
-                                  scenes_per_task=cfg.scenes_per_task)
-        stages.append(Stage("bucket", job.fingerprint(), _render(job), ("summary.json",),
-                            describe=f"{job.count} photo-style JPEGs as the unlabeled bucket"))
-        bucket, bucket_needs = at("bucket", "images"), ("bucket",)
+        bucket = rendered("bucket", f"{cfg.bucket_count} photo-style JPEGs as the unlabeled bucket",
+                          count=cfg.bucket_count, size=cfg.bucket_size, seed=data_seed(cfg, 3), style="photo",
+                          format="images")
+        bucket_needs = ("bucket",)
 
     # ---- teacher, labels, students, metric
     _, teacher = _train_config(cfg, "teacher", cfg.teacher_preset, "teacher", root, data=train_data,
