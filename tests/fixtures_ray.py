@@ -1,6 +1,13 @@
 """One small local Ray cluster for the whole test session.
 
 Tests that need Ray take the ``ray_session`` fixture; ``ray.init`` runs once.
+
+The cluster declares one GPU, as a GPU node would: every job that asks Ray for
+a GPU (labelling and evaluation actors by default) is planned and scheduled
+exactly as on a GPU cluster, so a plan a GPU cluster would refuse fails here.
+Ray only hands the GPU's id to the actor; with no CUDA device the model then
+runs on the CPU. Training runs on CPU workers (``gpus_per_worker=0``, the
+``tiny_cpu`` preset's): Ray Train's ``use_gpu`` sets up NCCL, which needs CUDA.
 """
 
 import os
@@ -15,7 +22,7 @@ def ray_session():
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # Logical CPUs above the 2 physical ones let an actor pool and its CPU
     # preprocessing tasks be scheduled side by side in tests.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False,
              configure_logging=False, ignore_reinit_error=True)
     from ray.data import DataContext
 

@@ -35,6 +35,44 @@ def test_tiny_forward_shapes_features_and_metric_range():
     assert d.shape == (2, 70, 98) and (d > 0).all() and (d < 80.0).all()
 
 
+def test_head_output_is_the_same_at_any_batch_size(monkeypatch):
+    """Upsamplings whose output would pass the CUDA kernel's 2**31-element limit run in
+    batch slices; with the limit lowered so every upsampling of the head is sliced (down
+    to one sample), the output equals the unsliced one's, for a batch that does not
+    divide evenly."""
+    from depthlib.models import dpt
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    x = torch.randn(5, 3, 70, 98)
+    with torch.no_grad():
+        whole = model(x)
+    real = torch.nn.functional.interpolate
+
+    def interpolations() -> tuple[list[int], torch.Tensor]:
+        """Batch sizes of the interpolations in one forward pass (the sliced output)."""
+        calls = []
+
+        def counting(inp, *a, **kw):
+            calls.append(inp.shape[0])
+            return real(inp, *a, **kw)
+
+        monkeypatch.setattr(dpt.F, "interpolate", counting)
+        with torch.no_grad():
+            out = model(x)
+        monkeypatch.setattr(dpt.F, "interpolate", real)
+        return calls, out
+
+    unsliced, _ = interpolations()
+    last = model.depth_head.scratch.output_conv1.out_channels * 70 * 98  # elements of one sample's last upsampling
+    for limit, n_last in ((2 * last, 2), (last, 1), (1, 1)):
+        monkeypatch.setattr(dpt, "MAX_INTERPOLATE_ELEMENTS", limit)
+        calls, sliced = interpolations()
+        slices = [n_last] * (5 // n_last) + ([5 % n_last] if 5 % n_last else [])
+        assert len(calls) > len(unsliced) and calls[-len(slices):] == slices  # really sliced
+        torch.testing.assert_close(sliced, whole, rtol=0, atol=0)
+
+
 def test_input_must_be_multiple_of_patch():
     with pytest.raises(ValueError, match="multiple of the patch size"):
         build_model("tiny")(torch.randn(1, 3, 70, 100))

@@ -189,7 +189,7 @@ def test_presets_build_every_stage_from_the_training_presets(tmp_path):
         s = by[name]
         assert s["steps"] == steps and s["workers"] == 2 and s["encoder"] == "tiny"
         for k, v in TRAIN_PRESETS["tiny_cpu"].items():  # the recipe is the training preset's, never copied
-            if k not in ("val_every", "checkpoint_every", "log_every"):
+            if k not in ("val_every", "checkpoint_every", "log_every", "gpus_per_worker"):  # operational
                 assert s[k] == v, k
     assert by["student_tiny"]["data"] == ["<storage>/pseudo_labels/labels"]
     assert by["student_tiny"]["val_data"] == "<storage>/heldout/photo/shards"

@@ -11,6 +11,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# CUDA's bilinear kernel for channels-last tensors indexes with 32 bits and
+# refuses outputs of 2**31 elements or more: ViT-L at batch 64, 518 x 686, the
+# head's last upsampling is 64 x 128 x 518 x 686 = 2.9e9 elements (no released
+# PyTorch fix; cuDNN convolutions may hand it channels-last maps). Larger
+# outputs are computed in slices along the batch. A module-level setting so
+# tests can lower it and compare the two paths.
+MAX_INTERPOLATE_ELEMENTS = 2**31 - 1
+
+
+def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, bilinear, align_corners=True)`` of a ``B x C x h x w``
+    map, in batch slices whose outputs stay under ``MAX_INTERPOLATE_ELEMENTS``
+    (each sample is interpolated on its own, so slicing gives the same result
+    as one call)."""
+    per_sample = x.shape[1] * size[0] * size[1]
+    rows = max(1, MAX_INTERPOLATE_ELEMENTS // max(1, per_sample))
+    if x.shape[0] <= rows:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    return torch.cat([F.interpolate(part, size=size, mode="bilinear", align_corners=True)
+                      for part in x.split(rows)])
+
 
 class ResidualConvUnit(nn.Module):
     def __init__(self, features: int):
@@ -37,10 +58,7 @@ class FusionBlock(nn.Module):
         if skip is not None:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
-        if size is None:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        else:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        x = upsample_bilinear(x, tuple(size) if size is not None else (2 * x.shape[-2], 2 * x.shape[-1]))
         return self.out_conv(x)
 
 
@@ -90,5 +108,5 @@ class DPTHead(nn.Module):
         p2 = s.refinenet2(p3, l2, size=l1.shape[2:])
         p1 = s.refinenet1(p2, l1)
         out = s.output_conv1(p1)
-        out = F.interpolate(out, (grid_h * 14, grid_w * 14), mode="bilinear", align_corners=True)
+        out = upsample_bilinear(out, (grid_h * 14, grid_w * 14))
         return s.output_conv2(out)

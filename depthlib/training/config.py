@@ -203,8 +203,10 @@ PRESETS: dict[str, dict] = {
     # Metric fine-tuning: Hypersim (indoor, 20 m) and Virtual KITTI 2 (outdoor, 80 m).
     "metric_hypersim": dict(_METRIC, encoder="vitl", max_depth=20.0, steps=120_000),
     "metric_vkitti": dict(_METRIC, encoder="vitl", max_depth=80.0, steps=60_000),
-    # This machine: the `tiny` model at 126 px on CPU workers (tests and `make demo`).
-    "tiny_cpu": dict(encoder="tiny", crop=126, batch_size=8, lr=2e-4, head_lr_multiplier=10.0, optimizer="adamw",
+    # This machine: the `tiny` model at 126 px on CPU workers (tests and `make demo`); CPU workers
+    # on a GPU cluster too (--gpus-per-worker 1 moves it to GPUs).
+    "tiny_cpu": dict(encoder="tiny", gpus_per_worker=0, crop=126, batch_size=8, lr=2e-4, head_lr_multiplier=10.0,
+                     optimizer="adamw",
                      weight_decay=1e-4, warmup_steps=30, lr_power=0.9, grad_clip=1.0, rows_per_group=32,
                      val_every=100, checkpoint_every=100, log_every=10, val_limit=64),
 }
