@@ -11,3 +11,18 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 pytest_plugins = ["fixtures_ray", "fixtures_s3"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu``-marked tests where CUDA is absent (torch imported only if any are collected)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)
