@@ -59,6 +59,21 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
     Raises ``ImageDecodeError`` with a ``reason`` for anything that is not a
     usable image.
     """
+    return decode_image_reduced(data, max_pixels, min_side)[0]
+
+
+def decode_image_reduced(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
+                         at_least=None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like :func:`decode_image`, returning ``(pixels, (H, W))``: the image's own
+    size (EXIF orientation applied) and its pixels, which a JPEG may decode at
+    1/2, 1/4 or 1/8 scale.
+
+    ``at_least(h, w) -> (min_h, min_w)``: given the stored size, the smallest
+    size the caller can use; a JPEG is then decoded by libjpeg's DCT scaling at
+    the smallest scale that is still at least that big (PIL ``draft``), which
+    costs a fraction of a full decode for a large photo. ``None``, or any other
+    format: full size, ``pixels.shape[:2] == (H, W)``.
+    """
     if not data:
         raise ImageDecodeError("empty", "zero-byte object")
     try:
@@ -68,6 +83,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageDecodeError("too_large", f"{w}x{h} exceeds {max_pixels} pixels")
+            if min(w, h) < min_side:
+                raise ImageDecodeError("too_small", f"{w}x{h} has a side below {min_side} px")
+            if at_least is not None and img.format == "JPEG":
+                min_h, min_w = at_least(h, w)
+                img.draft("RGB", (min_w, min_h))  # a no-op unless a whole DCT scale fits
             img.load()
     except ImageDecodeError:
         raise
@@ -81,13 +101,20 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
         truncated = isinstance(e, EOFError) or "truncat" in msg.lower()
         reason = "truncated" if truncated else "corrupt"
         raise ImageDecodeError(reason, msg) from None
+    transposed = _exif_transposes(img)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a corrupt EXIF block must not lose an otherwise good image
-        pass
-    if min(img.size) < min_side:
-        raise ImageDecodeError("too_small", f"{img.width}x{img.height} has a side below {min_side} px")
+        transposed = False
     try:
-        return _to_rgb_array(img)
+        return _to_rgb_array(img), ((w, h) if transposed else (h, w))
     except (OSError, ValueError) as e:
         raise ImageDecodeError("unsupported_mode", f"mode {img.mode}: {e}") from None
+
+
+def _exif_transposes(img: Image.Image) -> bool:
+    """Whether the EXIF orientation swaps width and height (orientations 5-8)."""
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        return False

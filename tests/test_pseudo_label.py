@@ -30,7 +30,7 @@ from depthlib.label_codec import label_info
 from depthlib.models import build_model, export_released, load_released
 from depthlib.pseudo_label import DecodePartition, PseudoLabelConfig, run_pseudo_label
 from depthlib.pseudo_label import plan as plan_mod
-from depthlib.transforms import preprocess
+from depthlib.pseudo_label.stages import model_input, pixels_to_model
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 70  # 5 patches: keeps the tiny teacher fast
@@ -159,15 +159,16 @@ def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
     assert json.loads(storage.read_bytes(storage.join(output, "summary.json")))["labelled"] == n_good
     assert any(True for _ in storage.list_objects(storage.join(output, "samples"), suffixes=(".png",)))
 
-    # Labels equal the model called directly on the same image, within the shard precision:
-    # version 2 disparity cells, within 1e-4 of the image's maximum.
+    # Labels equal the model called directly on the same image (the job's `fast` preprocessing:
+    # uint8 resize, normalised by the model's side), within the shard precision: version 2
+    # disparity cells, within 1e-4 of the image's maximum.
     model = load_released(teacher, "tiny")
     for row in labels.to_pylist():
         assert label_info(row["depth"]).kind == "disparity" and len(row["depth"]) != 2 * row["height"] * row["width"]
         sample = shards.decode_sample(row)
         assert row["image"] == objects[row["key"]]  # source bytes travel unchanged
         assert sample.image.shape[:2] == (row["image_height"], row["image_width"])  # EXIF-rotated size
-        x = preprocess(decode_image(objects[row["key"]]), INPUT_SIZE)[None]
+        x = pixels_to_model(model_input(decode_image(objects[row["key"]]), INPUT_SIZE, "fast")[None])
         direct = run_batch(model, x, "fp32")[0].numpy()
         assert sample.depth.shape == direct.shape == (row["height"], row["width"])
         # (+1e-6: a batch of 4 and a batch of 1 differ by ~4e-7 of the max in float32)

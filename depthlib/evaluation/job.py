@@ -86,21 +86,17 @@ def _items(plan: DatasetPlan, per_task: int) -> list[dict]:
 def _build_dataset(config: EvaluateConfig, items: list[dict], protocols: dict[str, dict], s3):
     import ray
 
-    from depthlib.pseudo_label.stages import LabelActor, actor_resources
+    from depthlib.pseudo_label.stages import model_stage_args
 
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(ReadInputs(config.input_size, config.max_pixels, config.batch_size,
                                    predictions=config.predictions, s3=s3),
                         batch_size=1, batch_format="numpy", num_cpus=1, memory=READ_TASK_MEMORY)
     if config.predictions is None:
-        gpus, cpus, threads = actor_resources(config.gpus_per_actor, config.cpus_per_actor)
-        ds = ds.map_batches(
-            LabelActor,
-            fn_constructor_kwargs=dict(checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric,
-                                       max_depth=config.max_depth, dtype=config.dtype,
-                                       batch_size=config.batch_size, num_threads=threads, s3=s3),
-            compute=ray.data.ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
-            batch_size=None, batch_format="numpy", zero_copy_batch=True, num_gpus=gpus, num_cpus=cpus)
+        # the labelling job's model stage: same actor, pool and batching (released float32 inputs)
+        ds = ds.map_batches(**model_stage_args(config, dict(
+            checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric,
+            max_depth=config.max_depth, s3=s3)))
     return ds.map_batches(ScoreRows(protocols, config.metric, s3), batch_size=None, batch_format="numpy",
                           num_cpus=0.5, memory=SCORE_TASK_MEMORY)
 

@@ -28,6 +28,14 @@ class PseudoLabelConfig:
         "help": "CPUs reserved per actor; default 1 with GPUs, else the node's CPUs minus one for decoding"})
     dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={
         "help": "autocast dtype on CUDA (the CPU always runs fp32)"})
+    preprocessing: Literal["fast", "released"] = field(default="fast", metadata={
+        "help": "fast: uint8 resize on the CPU, normalised on the device, large JPEGs decoded at a reduced "
+                "DCT scale (>= 2x the model's size); released: the released float32 preprocessing "
+                "(4x the bytes to the device, about 2x the CPU per image)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the teacher in each actor (CUDA; the first batch of each input shape compiles)"})
+    keys_per_task: int = field(default=32, metadata={
+        "help": "images per decoding task (a partition is decoded by several tasks in parallel)"})
     limit: Optional[int] = field(default=None, metadata={"help": "label only the first N keys (sorted order)"})
     partition_size: int = field(default=256, metadata={
         "help": "keys per unit of work; a unit is committed (or redone) as a whole"})
@@ -48,7 +56,7 @@ class PseudoLabelConfig:
             raise ValueError(f"--encoder must be one of {sorted(MODEL_SPECS)}, got {self.encoder!r}")
         if not 1 <= self.min_actors <= self.max_actors:
             raise ValueError(f"need 1 <= --min-actors <= --max-actors, got {self.min_actors}, {self.max_actors}")
-        for name in ("batch_size", "partition_size", "partitions_per_wave"):
+        for name in ("batch_size", "partition_size", "partitions_per_wave", "keys_per_task"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.limit is not None and self.limit < 0:

@@ -22,10 +22,33 @@ import ray
 from depthlib import __version__, storage
 from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.config import PseudoLabelConfig
-from depthlib.pseudo_label.stages import DecodePartition, LabelActor, WritePieces
+from depthlib.pseudo_label.stages import PASSES_PER_CALL, DecodePartition, WritePieces, model_stage_args
 
-DECODE_TASK_MEMORY = 1024 * 2**20
 MAX_ROUNDS = 3  # a partition whose pieces conflict (a retried task regrouped rows) is redone, at most this often
+
+# Memory Ray reserves per task (heap, measured with benchmarks/pseudo_label.py: a decoding
+# worker holds ~300 MiB of Python, torch and Pillow before its first image).
+TASK_BASE_MEMORY = 512 * 2**20
+SOURCE_IMAGE_BYTES = 2 * 2**20  # a 1-2 MP JPEG and its share of a decode in flight
+
+
+def model_pixels(input_size: int) -> int:
+    """Pixels of a typical model input: a 4:3 photo at ``input_size`` (518 -> 518 x 686),
+    with room for wider ones."""
+    return int(1.5 * input_size * input_size)
+
+
+def stage_memory(config: PseudoLabelConfig) -> dict[str, int]:
+    """Heap bytes to reserve per decoding task and per writing task: what the blocks they
+    hold take (model inputs or labels, source bytes) on top of a worker's own."""
+    px = model_pixels(config.input_size)
+    input_bytes = px * (3 if config.preprocessing == "fast" else 12)
+    rows_per_write = config.batch_size * PASSES_PER_CALL
+    return {
+        "decode": TASK_BASE_MEMORY + config.keys_per_task * (input_bytes + SOURCE_IMAGE_BYTES),
+        # a block of float32 labels and their images, and the Parquet table built from them
+        "write": TASK_BASE_MEMORY + rows_per_write * (2 * 4 * px + 2 * SOURCE_IMAGE_BYTES),
+    }
 
 
 @dataclass
@@ -39,49 +62,35 @@ class _PartitionProgress:
     conflict: bool = False
 
 
-def _actor_resources(config: PseudoLabelConfig) -> tuple[float, float, int]:
-    """(gpus, cpus, torch threads) per labelling actor; threads 0 means all cores of the actor's node."""
-    resources = ray.cluster_resources()
-    gpus = config.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-    cpus = config.cpus_per_actor
-    if cpus is None:
-        # A CPU actor gets every core but one of its node (left for decoding); a GPU actor needs one.
-        cpus = 1.0 if gpus > 0 else max(1.0, node_cpus - 1)
-    # A CPU actor runs torch on every core of its node (decoding is a few percent
-    # of the work); a GPU actor only stages batches, and Ray's 1 thread is enough.
-    threads = 0 if gpus == 0 else 1
-    return gpus, cpus, threads
+def decode_items(partitions: list[tuple[int, list[str]]], keys_per_task: int) -> list[dict]:
+    """One work item per decoding task: up to ``keys_per_task`` keys of one partition."""
+    return [{"pid": pid, "keys": keys[i:i + keys_per_task]}
+            for pid, keys in partitions for i in range(0, len(keys), keys_per_task)]
 
 
-def _build_dataset(config: PseudoLabelConfig, partitions: list[tuple[int, list[str]]], sample_every: int):
-    gpus, cpus, threads = _actor_resources(config)
+def _build_dataset(config: PseudoLabelConfig, partitions: list[tuple[int, list[str]]], sample_every: int,
+                   actor_class=None):
     # Workers do not see the driver's environment: resolve S3 settings here and ship them.
     s3 = storage.S3Config.from_env() if any(storage.is_s3(u) for u in (
         config.input, config.output, config.checkpoint, config.manifest or "")) else None
-    items = [{"pid": pid, "keys": keys} for pid, keys in partitions]
+    items = decode_items(partitions, config.keys_per_task)
+    memory = stage_memory(config)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    # The memory hint reserves room for a partition's decoded float32 groups, and
-    # (since fused operators need identical remote args) keeps Ray Data from
-    # fusing decoding into the labelling actor, where it would run serially
+    # The memory request also keeps Ray Data from fusing decoding into the labelling
+    # actor (fused operators need identical remote args), where it would run serially
     # with inference instead of on separate CPU tasks.
-    ds = ds.map_batches(DecodePartition(config.input, config.input_size, config.max_pixels, config.batch_size, s3),
-                        batch_size=1, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
-    ds = ds.map_batches(
-        LabelActor,
-        fn_constructor_kwargs=dict(checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric,
-                                   max_depth=config.max_depth, dtype=config.dtype, batch_size=config.batch_size,
-                                   num_threads=threads, s3=s3),
-        compute=ray.data.ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
-        batch_size=None, batch_format="numpy", zero_copy_batch=True, num_gpus=gpus, num_cpus=cpus)
+    ds = ds.map_batches(DecodePartition(config.input, config.input_size, config.max_pixels, config.batch_size, s3,
+                                        config.preprocessing),
+                        batch_size=1, batch_format="numpy", num_cpus=1, memory=memory["decode"])
+    ds = ds.map_batches(**model_stage_args(config, dict(
+        checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric, max_depth=config.max_depth,
+        s3=s3, compile=config.compile), actor_class))
     provenance = {"teacher": config.teacher_id, "checkpoint": storage.redact(config.checkpoint),
                   "encoder": config.encoder, "input_size": config.input_size, "dtype": config.dtype,
-                  "depthlib": __version__}
+                  "preprocessing": config.preprocessing, "depthlib": __version__}
     writer = WritePieces(config.output, provenance, "metric_depth" if config.metric else "disparity",
                          sample_every, s3)
-    return ds.map_batches(writer, batch_size=None, batch_format="numpy", num_cpus=0.5)
+    return ds.map_batches(writer, batch_size=None, batch_format="numpy", num_cpus=0.5, memory=memory["write"])
 
 
 def _records(ds):
@@ -117,7 +126,8 @@ def _discard(output: str, progress: _PartitionProgress) -> None:
         storage.delete(storage.join(plan_mod.labels_dir(output), f))
 
 
-def _run_wave(config: PseudoLabelConfig, pending: dict[int, list[str]], sample_every: int, log) -> dict[int, dict]:
+def _run_wave(config: PseudoLabelConfig, pending: dict[int, list[str]], sample_every: int, log,
+              actor_class=None) -> dict[int, dict]:
     """Label and commit the ``pending`` partitions (pid -> keys); returns their commit records."""
     out = config.output
     records: dict[int, dict] = {}
@@ -126,7 +136,7 @@ def _run_wave(config: PseudoLabelConfig, pending: dict[int, list[str]], sample_e
         if not todo:
             break
         progress = {pid: _PartitionProgress(set(keys)) for pid, keys in todo.items()}
-        ds = _build_dataset(config, sorted(todo.items()), sample_every)
+        ds = _build_dataset(config, sorted(todo.items()), sample_every, actor_class)
         log_every, t_wave = max(1, len(todo) // 10), time.time()
         for rec in _records(ds):
             pid = int(rec["pid"])
@@ -164,7 +174,12 @@ def _chunk_totals(output: str, pids: list[int], fresh: dict[int, dict]) -> dict:
     return totals
 
 
-def run_pseudo_label(config: PseudoLabelConfig, log=print) -> dict:
+def run_pseudo_label(config: PseudoLabelConfig, log=print, actor_class=None) -> dict:
+    """Label (or resume labelling) ``config.input``; returns the summary (summary.json's content).
+
+    ``actor_class``: a replacement of ``LabelActor`` taking the same constructor
+    arguments (the benchmark's stand-in accelerator, :mod:`depthlib.pseudo_label.stand_in`).
+    """
     t0 = time.time()
     out = config.output
     # Lazy: the input is only listed when no plan is frozen yet.
@@ -189,7 +204,7 @@ def run_pseudo_label(config: PseudoLabelConfig, log=print) -> dict:
         else:
             parts = plan_mod.load_chunk(out, chunk)
             pending = {pid: keys for pid, keys in parts if pid not in done}
-            fresh = _run_wave(config, pending, sample_every, log) if pending else {}
+            fresh = _run_wave(config, pending, sample_every, log, actor_class) if pending else {}
             done |= set(fresh)
             labelled_now += sum(r["n_labels"] for r in fresh.values())
             chunk_totals = _chunk_totals(out, [pid for pid, _ in parts], fresh)

@@ -3,16 +3,27 @@
 Ray Data wires them with ``map_batches``; each is usable without Ray, so
 they are unit-tested directly. Batches are dicts of numpy arrays.
 
-1. ``DecodePartition`` (CPU tasks): one partition ``{pid, keys}`` -> rows
-   with the source bytes and the preprocessed model input (float32, released
-   preprocessing), grouped by resized shape; undecodable inputs become rows
-   with an ``error`` reason instead of raising (a raised exception would make
-   Ray drop or fail the whole block).
+1. ``DecodePartition`` (CPU tasks): some keys of one partition ``{pid, keys}``
+   -> rows with the source bytes and the model input at the model's size,
+   grouped by that size; undecodable inputs become rows with an ``error``
+   reason instead of raising (a raised exception would make Ray drop or fail
+   the whole block). The job gives each task a slice of a partition, so many
+   small tasks decode in parallel.
 2. ``LabelActor`` (GPU or CPU actors): the teacher, loaded once per actor;
    runs each same-shape group as one forward pass. Any rows with ``key``,
    ``error``, ``detail``, ``in_h``, ``in_w`` and ``pixels`` columns will do,
    and other columns pass through, so the evaluation job
    (``depthlib.evaluation.stages``) runs its samples through the same actor.
+
+Model inputs travel in one of two formats (:data:`PREPROCESSING`), told
+apart by their size: ``fast`` (the labelling default) ships ``3 x h x w``
+uint8 pixels, resized from the decoded uint8 image, and the actor
+normalises them on its device: a quarter of the bytes of float32 through
+the object store and the host-to-device copy, and a JPEG at least twice the
+model's size is decoded at a reduced DCT scale. ``released`` ships the
+released float32 preprocessing (bicubic on float, ImageNet-normalised), as
+the evaluation job does; the label difference between the two is measured
+in ``benchmarks/README.md``.
 3. ``WritePieces`` (CPU tasks): encodes the labels and writes each
    partition's rows of the block as one shard file named after its keys, and
    returns a small record per piece for the driver to commit.
@@ -30,12 +41,14 @@ from typing import Iterator
 import numpy as np
 
 from depthlib import shards, storage
-from depthlib.images import ImageDecodeError, decode_image
+from depthlib.images import ImageDecodeError, decode_image, decode_image_reduced
 from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.telemetry import count
-from depthlib.transforms import preprocess, target_size
+from depthlib.transforms import normalize, preprocess, target_size
 
 MAX_MODEL_PIXELS_FACTOR = 16  # refuse inputs whose resized size exceeds 16 x input_size^2 (extreme aspect)
+PASSES_PER_CALL = 4  # forward passes per actor call: Ray Data's batch for the actor is this many model batches
+ACTOR_CALLS_AT_ONCE = 2  # batches an actor unpacks and packs while its model runs another (the model runs one)
 
 
 def _empty_rows() -> dict[str, list]:
@@ -72,17 +85,67 @@ def shape_groups(by_shape: dict[tuple[int, int], dict[str, list]], group_rows: i
             yield rows_to_batch({k: v[start:start + group_rows] for k, v in rows.items()}, int_columns)
 
 
-def model_input(image: np.ndarray, input_size: int) -> np.ndarray:
-    """Decoded ``H x W x 3`` uint8 RGB -> ``3 x h x w`` float32 model input (released preprocessing).
+PREPROCESSING = ("fast", "released")
 
+
+def model_input(image: np.ndarray, input_size: int, preprocessing: str = "released",
+                image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decoded ``H x W x 3`` uint8 RGB -> the model input at the model's size ``h x w``
+    (shorter side ``input_size``, sides multiples of 14: :func:`target_size`) of an
+    image of ``image_size`` (default ``(H, W)``; larger when ``image`` was decoded
+    at a reduced scale, ``fast`` only).
+
+    ``released``: ``3 x h x w`` float32, the released preprocessing (bicubic on
+    float, ImageNet normalisation). ``fast``: ``3 x h x w`` uint8, bicubic on
+    uint8 (torch's uint8 kernel, no antialiasing, as the released resize);
+    :func:`pixels_to_model` finishes it on the model's device.
     Raises ``ImageDecodeError("too_large")`` when the resized input would exceed
     ``MAX_MODEL_PIXELS_FACTOR * input_size**2`` (an extreme aspect ratio).
     """
-    h, w = target_size(image.shape[0], image.shape[1], input_size)
+    full_h, full_w = image_size or image.shape[:2]
+    h, w = target_size(full_h, full_w, input_size)
     if h * w > MAX_MODEL_PIXELS_FACTOR * input_size ** 2:
-        raise ImageDecodeError("too_large", f"{image.shape[1]}x{image.shape[0]} resizes to {w}x{h} "
+        raise ImageDecodeError("too_large", f"{full_w}x{full_h} resizes to {w}x{h} "
                                             f"for the model (extreme aspect ratio)")
-    return preprocess(image, input_size).numpy()
+    if preprocessing == "released":
+        if image.shape[:2] != (full_h, full_w):
+            raise ValueError("the released preprocessing takes the image at full size")
+        return preprocess(image, input_size).numpy()
+    if preprocessing != "fast":
+        raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=False)[0].numpy()
+
+
+def pixels_to_model(pixels, device=None):
+    """A batch of :func:`model_input` arrays (``B x 3 x h x w`` uint8 or float32,
+    numpy or torch) -> the normalised float32 model input on ``device``.
+
+    uint8 pixels are copied as they are (from pinned memory, without blocking,
+    on CUDA) and scaled and normalised on the device."""
+    import torch
+
+    x = torch.as_tensor(pixels)
+    if device is not None and torch.device(device).type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    elif device is not None:
+        x = x.to(device)
+    if x.dtype == torch.uint8:
+        x = normalize(x.float().div_(255.0))
+    return x
+
+
+def decode_at_least(input_size: int, preprocessing: str):
+    """The reduced-decode rule of :func:`depthlib.images.decode_image_reduced` for a
+    preprocessing: ``fast`` decodes a JPEG at a DCT scale that keeps it at least
+    twice the model's size (so the bicubic resize still downsamples by 2 or more,
+    as from the full image); ``released`` always decodes at full size."""
+    if preprocessing != "fast":
+        return None
+    return lambda h, w: tuple(2 * s for s in target_size(h, w, input_size))
 
 
 def actor_resources(gpus_per_actor: float | None, cpus_per_actor: float | None) -> tuple[float, float, int]:
@@ -105,27 +168,60 @@ def actor_resources(gpus_per_actor: float | None, cpus_per_actor: float | None) 
     return gpus, cpus, 0 if gpus == 0 else 1
 
 
+def model_stage_args(config, actor_kwargs: dict, actor_class=None) -> dict:
+    """``map_batches`` arguments of the model stage, shared by the labelling and
+    evaluation jobs (``config`` has the actor settings both configs share): the
+    actor pool, its resources, and a batch of ``PASSES_PER_CALL`` model batches
+    (Ray Data refuses GPU actors without a batch size)."""
+    import ray
+
+    gpus, cpus, threads = actor_resources(config.gpus_per_actor, config.cpus_per_actor)
+    return dict(
+        fn=actor_class or LabelActor,
+        fn_constructor_kwargs=dict(batch_size=config.batch_size, num_threads=threads, dtype=config.dtype,
+                                   **actor_kwargs),
+        compute=ray.data.ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors,
+                                           max_concurrent_calls_per_actor=ACTOR_CALLS_AT_ONCE),
+        batch_size=config.batch_size * PASSES_PER_CALL, batch_format="numpy", zero_copy_batch=True,
+        num_gpus=gpus, num_cpus=cpus)
+
+
 class DecodePartition:
-    """Read, decode and preprocess every key of a partition (CPU)."""
+    """Read, decode and preprocess keys of a partition (CPU).
+
+    The three steps are methods of their own (``read``, ``decode``, ``resize``)
+    so the labelling benchmark times each on the same code."""
 
     def __init__(self, input_uri: str, input_size: int, max_pixels: int, group_rows: int = 16,
-                 s3: storage.S3Config | None = None):
+                 s3: storage.S3Config | None = None, preprocessing: str = "released"):
         self.s3 = s3
         self.input_uri = input_uri
         self.input_size = input_size
         self.max_pixels = max_pixels
         self.group_rows = group_rows  # = the actor's batch size, so groups fill whole forward passes
+        self.preprocessing = preprocessing
+        self.at_least = decode_at_least(input_size, preprocessing)
+
+    def read(self, key: str) -> bytes:
+        uri = key if "://" in key or key.startswith("/") else storage.join(self.input_uri, key)
+        return storage.read_bytes(uri)  # retries transient errors itself
+
+    def decode(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """(pixels, the image's own (h, w) with EXIF applied); a large JPEG may decode reduced."""
+        return decode_image_reduced(data, self.max_pixels, at_least=self.at_least)
+
+    def resize(self, image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        return model_input(image, self.input_size, self.preprocessing, image_size)
 
     def _one(self, key: str) -> tuple[bytes, tuple[int, int], np.ndarray | None, str, str]:
         """(source bytes, decoded (h, w) with EXIF applied, model input or None, skip reason, detail)."""
-        uri = key if "://" in key or key.startswith("/") else storage.join(self.input_uri, key)
         try:
-            data = storage.read_bytes(uri)  # retries transient errors itself
+            data = self.read(key)
         except Exception as e:  # a missing or unreadable object is a skip, not a crash
             return b"", (0, 0), None, "read_error", storage.redact(f"{type(e).__name__}: {e}")[:500]
         try:
-            image = decode_image(data, max_pixels=self.max_pixels)
-            return data, image.shape[:2], model_input(image, self.input_size), "", ""
+            image, hw = self.decode(data)
+            return data, hw, self.resize(image, hw), "", ""
         except ImageDecodeError as e:
             return data, (0, 0), None, e.reason, e.detail[:500]
 
@@ -160,11 +256,18 @@ class LabelActor:
     resolution the model saw (``in_h x in_w``, the resized input), not the
     source resolution; the pixels column is dropped. Encoding is left to the
     CPU writer tasks so the accelerator never waits for it.
+
+    On CUDA the forward passes of a batch are queued one ahead: a pass is
+    launched (its uint8 input copied from pinned memory without blocking and
+    normalised on the device) before the previous pass's output is copied back
+    and unpacked, so that host work overlaps the device's. ``forward`` queues a
+    pass and ``finish`` waits for it; a stand-in accelerator
+    (:mod:`depthlib.pseudo_label.stand_in`) replaces just these two.
     """
 
     def __init__(self, checkpoint: str, encoder: str, metric: bool = False, max_depth: float = 20.0,
                  dtype: str = "bf16", batch_size: int = 16, num_threads: int | None = None,
-                 s3: storage.S3Config | None = None):
+                 s3: storage.S3Config | None = None, compile: bool = False):
         import torch
 
         from depthlib.inference import default_device
@@ -175,19 +278,29 @@ class LabelActor:
             torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.device = default_device()
         self.model = load_released(checkpoint, encoder, metric=metric, max_depth=max_depth).to(self.device).eval()
+        if compile:
+            # dynamic=None: the first shape compiles static, a second one compiles a shape-generic graph
+            self.model = torch.compile(self.model, dynamic=None)
         self.dtype = dtype
         self.batch_size = batch_size
 
-    def infer(self, pixels: np.ndarray) -> np.ndarray:
-        """``B x 3 x h x w`` float32 normalised inputs -> ``B x h x w`` float32 predictions."""
+    def forward(self, pixels: np.ndarray):
+        """Queue one pass over ``B x 3 x h x w`` model inputs (uint8 or normalised float32, see
+        :func:`model_input`); returns a handle for :meth:`finish`."""
         import torch
 
-        from depthlib.inference import run_batch
+        from depthlib.inference import autocast_for
 
-        x = torch.from_numpy(pixels)
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        return run_batch(self.model, x, self.dtype).cpu().numpy()
+        with torch.inference_mode(), autocast_for(self.device, self.dtype):
+            return self.model(pixels_to_model(pixels, self.device))
+
+    def finish(self, handle) -> np.ndarray:
+        """The ``B x h x w`` float32 predictions of a queued pass (waits for it)."""
+        return handle.float().cpu().numpy()
+
+    def infer(self, pixels: np.ndarray) -> np.ndarray:
+        """``B x 3 x h x w`` model inputs -> ``B x h x w`` float32 predictions."""
+        return self.finish(self.forward(pixels))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
@@ -195,30 +308,59 @@ class LabelActor:
         label[:] = [b""] * n
         error = batch["error"].copy()
         detail = batch["detail"].copy()
+
+        def failed(part: list[int], reason: str) -> None:
+            for i in part:
+                error[i], detail[i] = "inference_error", reason[:500]
+            count("skipped", len(part), reason="inference_error")
+
+        def unpack(part: list[int], handle) -> None:
+            try:
+                preds = self.finish(handle)
+            except Exception as e:  # an error of the device surfaces when its result is read
+                failed(part, f"{type(e).__name__}: {e}")
+                return
+            for i, p in zip(part, preds):
+                if np.isfinite(p).all():
+                    label[i] = p.tobytes()
+                else:
+                    failed([i], "non-finite prediction")
+
         groups: dict[tuple[int, int], list[int]] = {}
         for i in range(n):
             if not error[i]:
                 groups.setdefault((int(batch["in_h"][i]), int(batch["in_w"][i])), []).append(i)
+        queued = None  # (rows, handle) of the pass launched last, read back after the next one is queued
         for (h, w), idx in groups.items():
             for start in range(0, len(idx), self.batch_size):
                 part = idx[start:start + self.batch_size]
-                x = np.stack([np.frombuffer(batch["pixels"][i], np.float32).reshape(3, h, w) for i in part])
                 try:
-                    preds = self.infer(x)
+                    handle = self.forward(stack_pixels([batch["pixels"][i] for i in part], h, w))
                 except Exception as e:  # e.g. out of memory: record, keep the job alive
-                    for i in part:
-                        error[i], detail[i] = "inference_error", f"{type(e).__name__}: {e}"[:500]
-                    count("skipped", len(part), reason="inference_error")
+                    failed(part, f"{type(e).__name__}: {e}")
                     continue
-                for i, p in zip(part, preds):
-                    if np.isfinite(p).all():
-                        label[i] = p.tobytes()
-                    else:
-                        error[i], detail[i] = "inference_error", "non-finite prediction"
-                        count("skipped", 1, reason="inference_error")
+                if queued is not None:
+                    unpack(*queued)
+                queued = (part, handle)
+        if queued is not None:
+            unpack(*queued)
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out.update(label=label, error=error, detail=detail)
         return out
+
+
+def stack_pixels(buffers: list[bytes], h: int, w: int) -> np.ndarray:
+    """``B x 3 x h x w`` from :func:`model_input` bytes: uint8 (``3hw`` bytes each) or
+    float32 (``12hw``), told apart by their length."""
+    per = 3 * h * w
+    dtype = np.uint8 if len(buffers[0]) == per else np.float32
+    out = np.empty((len(buffers), 3, h, w), dtype)
+    for j, b in enumerate(buffers):
+        a = np.frombuffer(b, dtype)
+        if a.size != per:
+            raise ValueError(f"pixels of {len(b)} bytes are not a 3 x {h} x {w} uint8 or float32 input")
+        out[j] = a.reshape(3, h, w)
+    return out
 
 
 class WritePieces:
