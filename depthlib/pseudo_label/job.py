@@ -26,9 +26,10 @@ from depthlib.pseudo_label.stages import PASSES_PER_CALL, DecodePartition, Write
 
 MAX_ROUNDS = 3  # a partition whose pieces conflict (a retried task regrouped rows) is redone, at most this often
 
-# Memory Ray reserves per task (heap, measured with benchmarks/pseudo_label.py: a decoding
-# worker holds ~300 MiB of Python, torch and Pillow before its first image).
-TASK_BASE_MEMORY = 512 * 2**20
+# Memory Ray reserves per task: Ray Data warns unless it is 1.25x the task's peak. Measured
+# with benchmarks/pseudo_label.py, a decoding task of 32 keys of 1-2 MP JPEGs peaks at
+# 630-670 MiB, most of it the worker's Python, torch, Pillow and pyarrow.
+TASK_BASE_MEMORY = 768 * 2**20
 SOURCE_IMAGE_BYTES = 2 * 2**20  # a 1-2 MP JPEG and its share of a decode in flight
 
 

@@ -11,8 +11,9 @@ real code. So a job with the stand-in runs at the stand-in's rate exactly when
 the CPU side keeps up, and ``job images/s / rate`` is how busy a GPU of that
 speed would be.
 
-The "predictions" are a cheap function of the input (its mean over the colour
-channels), so labels have a real image's entropy for the writers to encode.
+The "predictions" (:func:`stand_in_prediction`) are a smooth map made from
+the input, rounded as a bf16 teacher's are, so the writers encode labels of
+about a real teacher's entropy.
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ import time
 import numpy as np
 
 from depthlib.pseudo_label.stages import LabelActor
+
+
+def stand_in_prediction(pixels: np.ndarray, block: int = 8) -> np.ndarray:
+    """``B x 3 x h x w`` model inputs -> ``B x h x w`` float32 label-like maps: the
+    channel mean over ``block x block`` cells, bilinearly upsampled (smooth, with the
+    image's layout), rounded to bfloat16 (a bf16 teacher's steps)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(pixels).float().mean(dim=1, keepdim=True)
+    h, w = x.shape[-2:]
+    coarse = F.avg_pool2d(x, block, ceil_mode=True)
+    smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return (smooth / 255.0 + 0.1).to(torch.bfloat16).float().numpy()
 
 
 def stand_in_actor(images_per_s: float) -> type:
@@ -41,8 +56,7 @@ def stand_in_actor(images_per_s: float) -> type:
             start = max(time.perf_counter(), self.busy_until)
             self.busy_until = start + len(pixels) / self.rate
             self.device_s += len(pixels) / self.rate
-            preds = pixels.astype(np.float32).mean(axis=1)
-            return self.busy_until, preds
+            return self.busy_until, stand_in_prediction(pixels)
 
         def finish(self, handle) -> np.ndarray:
             done, preds = handle
