@@ -55,12 +55,15 @@ def no_tf32():
 
 
 def fixed_micro_batches(device: str, crop: int = 56, batch: int = 4, micro: int = 2, seed: int = 0):
-    """``micro`` ``(images, batch)`` pairs as ``RelativeObjective`` reads them (same as tests/parallel_step.py)."""
+    """``micro`` ``(images, batch)`` pairs as ``RelativeObjective`` reads them (as tests/parallel_step.py
+    builds them, but with smooth disparity targets, 4 x 4 random values upsampled, that a model can fit)."""
     out = []
     for m in range(micro):
         g = torch.Generator().manual_seed(1000 * seed + m)
         images = torch.randn(batch, 3, crop, crop, generator=g)
-        target = torch.rand(batch, crop, crop, generator=g) + 0.05  # disparity
+        coarse = torch.rand(batch, 1, 4, 4, generator=g)
+        target = torch.nn.functional.interpolate(coarse, size=(crop, crop), mode="bilinear",
+                                                 align_corners=False)[:, 0] + 0.05  # disparity
         mask = torch.rand(batch, crop, crop, generator=g) > 0.1
         region = torch.zeros(batch, crop, crop, dtype=torch.uint8)
         region[0, : crop // 2, : crop // 2] = 1  # a CutMix box in the first image
@@ -112,7 +115,7 @@ def test_bf16_inference_matches_fp32(encoder, batch, no_tf32):
 
 def test_bf16_training_step_loss_falls_and_matches_fp32():
     """``optimizer_step`` under ``autocast_for("cuda", "bf16")``: the first
-    step's loss within 2e-2 (relative) of fp32 from the same weights; over 20
+    step's loss within ``BF16_REL`` (relative) of fp32 from the same weights; over 20
     steps on one fixed batch every loss is finite and the last three average
     below 0.8 x the first."""
     from depthlib.inference import autocast_for
@@ -124,7 +127,7 @@ def test_bf16_training_step_loss_falls_and_matches_fp32():
     for dtype in ("fp32", "bf16"):
         model = seeded_model().cuda().train()
         objective = relative_objective(model)
-        optimizer = make_optimizer(model, "adam", 2e-4, 10.0, 0.0)
+        optimizer = make_optimizer(model, "adam", 1e-3, 10.0, 0.0)
         steps = 20 if dtype == "bf16" else 1
         losses = [mean_loss(optimizer_step(model, objective, optimizer, micro, len(micro), grad_clip=1.0,
                                            autocast=autocast_for("cuda", dtype)))
@@ -133,7 +136,7 @@ def test_bf16_training_step_loss_falls_and_matches_fp32():
         first[dtype] = losses[0]
         for p in model.parameters():
             assert p.dtype == torch.float32  # autocast leaves the master weights fp32
-    assert abs(first["bf16"] - first["fp32"]) <= 2e-2 * abs(first["fp32"]), first
+    assert abs(first["bf16"] - first["fp32"]) <= BF16_REL * abs(first["fp32"]), first
     assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
 
 
