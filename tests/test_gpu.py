@@ -11,9 +11,12 @@ test tens of seconds). Run on a GPU machine with
 Tolerances (stated once, used below):
 
 * ``BF16_REL``: relative L2 error ``||a - b|| / ||b||`` of a bf16-autocast
-  output against fp32 on the same weights and inputs. bf16 keeps 8 mantissa
-  bits (relative rounding ~4e-3 per op); through a dozen transformer blocks
-  and the DPT head that accumulates to ~1e-2, so the bound is 3e-2.
+  output against fp32 on the same weights and inputs: 1e-2. bf16 keeps 8
+  mantissa bits (relative rounding ~4e-3 per value); measured with CPU bf16
+  autocast on these random-weight models the error is 1.2e-3 (tiny) and
+  1.5e-3 (vits), so 1e-2 leaves room for CUDA's kernels while still failing
+  on a wrong cast (fp16 overflow, a bf16 output, a missing normalisation).
+  A loss (training) is compared within ``2 * BF16_REL``.
 * ``FP32_REL``: the same for two fp32 runs that may pick different kernels
   (compiled vs eager, GPU vs CPU) with TF32 switched off: 1e-3.
 """
@@ -29,7 +32,7 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300)]
 
-BF16_REL = 3e-2
+BF16_REL = 1e-2
 FP32_REL = 1e-3
 
 
@@ -115,7 +118,7 @@ def test_bf16_inference_matches_fp32(encoder, batch, no_tf32):
 
 def test_bf16_training_step_loss_falls_and_matches_fp32():
     """``optimizer_step`` under ``autocast_for("cuda", "bf16")``: the first
-    step's loss within ``BF16_REL`` (relative) of fp32 from the same weights; over 20
+    step's loss within ``2 * BF16_REL`` (relative) of fp32 from the same weights; over 20
     steps on one fixed batch every loss is finite and the last three average
     below 0.8 x the first."""
     from depthlib.inference import autocast_for
@@ -136,7 +139,7 @@ def test_bf16_training_step_loss_falls_and_matches_fp32():
         first[dtype] = losses[0]
         for p in model.parameters():
             assert p.dtype == torch.float32  # autocast leaves the master weights fp32
-    assert abs(first["bf16"] - first["fp32"]) <= BF16_REL * abs(first["fp32"]), first
+    assert abs(first["bf16"] - first["fp32"]) <= 2 * BF16_REL * abs(first["fp32"]), first
     assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
 
 
