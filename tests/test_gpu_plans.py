@@ -86,8 +86,9 @@ def test_the_labelling_job_asks_for_a_gpu_and_gets_it(ray_session, tmp_path, tin
 
 def test_pipeline_gpu_vitl_plan_labels_and_evaluates_with_gpu_actors(ray_session, tmp_path, tiny_teacher, bucket):
     """The ``gpu_vitl`` preset's labelling and evaluation stages, as planned (GPU actors, batch
-    sizes 32 and 8, pools of up to 8 and 2 actors, partitions of 256), with a tiny model at 70 px
-    on a small bucket and held-out set."""
+    sizes 32 and 8, partitions of 256), with a tiny model at 70 px on a small bucket and
+    held-out set, and pools of one actor: this cluster has one GPU, the plan's fixed pools of
+    8 and 2 would wait for GPU nodes to join (what they do on an autoscaling cluster)."""
     from depthlib.pipeline.config import PRESETS, PipelineConfig
     from depthlib.pipeline.stages import build_plan
     from depthlib.synthetic_job import MakeSyntheticConfig, make_synthetic
@@ -96,9 +97,9 @@ def test_pipeline_gpu_vitl_plan_labels_and_evaluates_with_gpu_actors(ray_session
     label_stage = next(s for s in plan.stages if s.name == "pseudo_labels")
     label = inspect.getclosurevars(label_stage.run).nonlocals["config"]  # the stage's PseudoLabelConfig
     assert isinstance(label, PseudoLabelConfig)
-    assert (label.batch_size, label.min_actors, label.max_actors, label.partition_size) == (32, 1, 8, 256)
+    assert (label.batch_size, label.min_actors, label.max_actors, label.partition_size) == (32, 8, 8, 256)
     assert label.gpus_per_actor is None  # a GPU each, from the cluster
-    tiny = dict(checkpoint=tiny_teacher, encoder="tiny", input_size=SIZE)
+    tiny = dict(checkpoint=tiny_teacher, encoder="tiny", input_size=SIZE, min_actors=1, max_actors=1)
     summary = run_pseudo_label(dataclasses.replace(label, **tiny), log=lambda *_: None)
     assert summary["labelled"] == 24 and summary["skipped"] == 0
 
@@ -109,7 +110,7 @@ def test_pipeline_gpu_vitl_plan_labels_and_evaluates_with_gpu_actors(ray_session
 
     ev_stage = next(s for s in plan.stages if s.name == "evaluate/teacher")
     ev = inspect.getclosurevars(ev_stage.run).nonlocals["config"]  # the stage's EvaluateConfig
-    assert (ev.batch_size, ev.min_actors, ev.max_actors, ev.gpus_per_actor) == (8, 1, 2, None)
+    assert (ev.batch_size, ev.min_actors, ev.max_actors, ev.gpus_per_actor) == (8, 2, 2, None)
     report = run_evaluation(dataclasses.replace(
         ev, **tiny, dataset=[f"shards.photo={heldout}/shards"], depth_range=[], split=[],
         output=str(tmp_path / "eval")), log=lambda *_: None)

@@ -115,13 +115,12 @@ class PipelineConfig:
     # Labelling and evaluation.
     input_size: Optional[int] = field(default=None, metadata={
         "help": "shorter side the models see when labelling and evaluating (default: the teacher's crop)"})
-    label_actors: int = field(default=1, metadata={"help": "most labelling actors (one GPU each on a GPU cluster); the pool starts with one and "
-                "grows while there is work, so an autoscaling cluster adds GPU nodes as needed"})
+    label_actors: int = field(default=1, metadata={"help": "labelling actors (one GPU each on a GPU cluster)"})
     label_batch_size: int = field(default=16, metadata={"help": "images per labelling forward pass"})
     label_partition_size: int = field(default=256, metadata={"help": "keys per labelling unit of work"})
     label_dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={
         "help": "labelling autocast dtype on CUDA (the CPU runs fp32)"})
-    eval_actors: int = field(default=1, metadata={"help": "most model actors of each evaluation (the pool starts with one)"})
+    eval_actors: int = field(default=1, metadata={"help": "model actors of each evaluation"})
     eval_batch_size: int = field(default=8, metadata={"help": "images per evaluation forward pass"})
     benchmark: list[str] = field(default_factory=list, metadata={
         "help": "NAME=URI of more evaluation datasets (ray_jobs/evaluate.py --dataset), e.g. "

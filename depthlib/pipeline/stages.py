@@ -230,7 +230,8 @@ def build_plan(cfg: PipelineConfig) -> Plan:
     stages.append(_train_stage("teacher", teacher, root, synthetic_needs + ("heldout",)))
     label = PseudoLabelConfig(input=bucket, output=at("pseudo_labels"), checkpoint=storage.join(teacher.output,
                               "model.pth"), encoder=teacher.encoder, input_size=input_size,
-                              batch_size=cfg.label_batch_size, min_actors=1, max_actors=cfg.label_actors, partition_size=cfg.label_partition_size,
+                              batch_size=cfg.label_batch_size, min_actors=cfg.label_actors,
+                              max_actors=cfg.label_actors, partition_size=cfg.label_partition_size,
                               dtype=cfg.label_dtype, teacher_id="teacher/model.pth")
     stages.append(Stage("pseudo_labels", _settings(label, LABEL_OPERATIONAL, root), _label(label),
                         ("summary.json",), ("teacher",) + bucket_needs,
@@ -258,7 +259,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
                             dataset=[f"{k}={v}" for k, v in ours.items()] + list(cfg.benchmark),
                             split=list(cfg.benchmark_split), output=at("evaluate", m.name),
                             depth_range=[f"shards.{s}={low:g},{high:g}" for s in HELDOUT_SETS],
-                            input_size=input_size, batch_size=cfg.eval_batch_size, min_actors=1,
+                            input_size=input_size, batch_size=cfg.eval_batch_size, min_actors=cfg.eval_actors,
                             max_actors=cfg.eval_actors)
         stages.append(Stage(f"evaluate/{m.name}", _settings(ev, EVAL_OPERATIONAL, root), _evaluate(m.name, ev),
                             ("report.json",), (m.stage, "heldout"),
