@@ -137,6 +137,48 @@ def test_decode_partition_reports_reasons_without_ray(tmp_path):
         assert len({(h, w) for h, w in zip(b["in_h"], b["in_w"])}) == 1
 
 
+def test_fast_preprocessing_and_reduced_decode_without_ray(tmp_path):
+    """``fast`` ships uint8 pixels close to the released float path; ``reduced_decode`` decodes a
+    large JPEG at a DCT scale >= 2x the model's size, yet records the image's own (EXIF) size
+    and gives the model the same input shape."""
+    from depthlib.images import decode_image_reduced
+    from depthlib.pseudo_label.stages import decode_at_least, model_input, stack_pixels
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 640 wide x 400 high, shown 400 x 640
+    big = _enc(_photo(400, 640, 3), "JPEG", exif=exif, quality=95)
+    full, hw = decode_image_reduced(big)
+    reduced, hw_reduced = decode_image_reduced(big, at_least=decode_at_least(INPUT_SIZE))
+    assert hw == hw_reduced == (640, 400) == full.shape[:2]
+    assert reduced.shape[:2] == (320, 200)  # 1/2 scale: 1/4 would fall below 2 x the model's 112 x 70
+    assert decode_image_reduced(_enc(_photo(400, 640, 3), "PNG"), at_least=decode_at_least(INPUT_SIZE))[0].shape[:2] \
+        == (400, 640)  # not a JPEG: always full size
+
+    released = model_input(full, INPUT_SIZE)
+    fast = model_input(full, INPUT_SIZE, "fast")
+    drafted = model_input(reduced, INPUT_SIZE, "fast", hw)
+    assert released.dtype == np.float32 and fast.dtype == drafted.dtype == np.uint8
+    assert released.shape == fast.shape == drafted.shape == (3, 112, 70)
+    restored = pixels_to_model(fast[None])[0].numpy()
+    # in normalised units (1/255 of a level is 0.017): mean 0.006 measured; the largest, 0.27, where the
+    # float path's bicubic overshoot leaves 0..255 and uint8 clips it
+    assert np.abs(restored - released).mean() < 0.01 and np.abs(restored - released).max() < 0.35
+    with pytest.raises(ValueError, match="full size"):
+        model_input(reduced, INPUT_SIZE, "released", hw)
+    both = stack_pixels([fast.tobytes(), fast.tobytes()], 112, 70)
+    assert both.dtype == np.uint8 and both.shape == (2, 3, 112, 70)
+    assert stack_pixels([released.tobytes()], 112, 70).dtype == np.float32
+    with pytest.raises(ValueError, match="not a 3 x 112 x 70"):
+        stack_pixels([b"x" * 5], 112, 70)
+    stage = DecodePartition(str(tmp_path), INPUT_SIZE, 50_000_000, preprocessing="fast", reduced_decode=True)
+    (tmp_path / "big.jpg").write_bytes(big)
+    batch = next(stage({"pid": np.array([0]), "keys": np.array([np.array(["big.jpg"], dtype=object)], dtype=object)}))
+    assert (batch["image_h"][0], batch["image_w"][0], batch["in_h"][0], batch["in_w"][0]) == (640, 400, 112, 70)
+    assert len(batch["pixels"][0]) == 3 * 112 * 70
+    with pytest.raises(ValueError, match="fast preprocessing"):
+        DecodePartition(str(tmp_path), INPUT_SIZE, 50_000_000, reduced_decode=True)
+
+
 def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
     root = storage_root.uri
     objects, bad = make_bucket()

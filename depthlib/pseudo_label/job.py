@@ -81,14 +81,15 @@ def _build_dataset(config: PseudoLabelConfig, partitions: list[tuple[int, list[s
     # actor (fused operators need identical remote args), where it would run serially
     # with inference instead of on separate CPU tasks.
     ds = ds.map_batches(DecodePartition(config.input, config.input_size, config.max_pixels, config.batch_size, s3,
-                                        config.preprocessing),
+                                        config.preprocessing, config.reduced_decode),
                         batch_size=1, batch_format="numpy", num_cpus=1, memory=memory["decode"])
     ds = ds.map_batches(**model_stage_args(config, dict(
         checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric, max_depth=config.max_depth,
         s3=s3, compile=config.compile), actor_class))
     provenance = {"teacher": config.teacher_id, "checkpoint": storage.redact(config.checkpoint),
                   "encoder": config.encoder, "input_size": config.input_size, "dtype": config.dtype,
-                  "preprocessing": config.preprocessing, "depthlib": __version__}
+                  "preprocessing": config.preprocessing, "reduced_decode": config.reduced_decode,
+                  "depthlib": __version__}
     writer = WritePieces(config.output, provenance, "metric_depth" if config.metric else "disparity",
                          sample_every, s3)
     return ds.map_batches(writer, batch_size=None, batch_format="numpy", num_cpus=0.5, memory=memory["write"])

@@ -19,11 +19,11 @@ Model inputs travel in one of two formats (:data:`PREPROCESSING`), told
 apart by their size: ``fast`` (the labelling default) ships ``3 x h x w``
 uint8 pixels, resized from the decoded uint8 image, and the actor
 normalises them on its device: a quarter of the bytes of float32 through
-the object store and the host-to-device copy, and a JPEG at least twice the
-model's size is decoded at a reduced DCT scale. ``released`` ships the
+the object store and the host-to-device copy. ``released`` ships the
 released float32 preprocessing (bicubic on float, ImageNet-normalised), as
-the evaluation job does; the label difference between the two is measured
-in ``benchmarks/README.md``.
+the evaluation job does. Optionally (``reduced_decode``) a JPEG at least 4x
+the model's size is decoded at a reduced DCT scale. The label differences
+are measured by ``benchmarks/preprocessing_fidelity.py``.
 3. ``WritePieces`` (CPU tasks): encodes the labels and writes each
    partition's rows of the block as one shard file named after its keys, and
    returns a small record per piece for the driver to commit.
@@ -138,13 +138,10 @@ def pixels_to_model(pixels, device=None):
     return x
 
 
-def decode_at_least(input_size: int, preprocessing: str):
-    """The reduced-decode rule of :func:`depthlib.images.decode_image_reduced` for a
-    preprocessing: ``fast`` decodes a JPEG at a DCT scale that keeps it at least
-    twice the model's size (so the bicubic resize still downsamples by 2 or more,
-    as from the full image); ``released`` always decodes at full size."""
-    if preprocessing != "fast":
-        return None
+def decode_at_least(input_size: int):
+    """The reduced-decode rule of :func:`depthlib.images.decode_image_reduced`: a JPEG
+    is decoded at a DCT scale that keeps it at least twice the model's size (so the
+    bicubic resize still downsamples by 2 or more, as from the full image)."""
     return lambda h, w: tuple(2 * s for s in target_size(h, w, input_size))
 
 
@@ -193,14 +190,16 @@ class DecodePartition:
     so the labelling benchmark times each on the same code."""
 
     def __init__(self, input_uri: str, input_size: int, max_pixels: int, group_rows: int = 16,
-                 s3: storage.S3Config | None = None, preprocessing: str = "released"):
+                 s3: storage.S3Config | None = None, preprocessing: str = "released", reduced_decode: bool = False):
         self.s3 = s3
         self.input_uri = input_uri
         self.input_size = input_size
         self.max_pixels = max_pixels
         self.group_rows = group_rows  # = the actor's batch size, so groups fill whole forward passes
         self.preprocessing = preprocessing
-        self.at_least = decode_at_least(input_size, preprocessing)
+        if reduced_decode and preprocessing != "fast":
+            raise ValueError("a reduced decode needs the fast preprocessing")
+        self.at_least = decode_at_least(input_size) if reduced_decode else None
 
     def read(self, key: str) -> bytes:
         uri = key if "://" in key or key.startswith("/") else storage.join(self.input_uri, key)
