@@ -170,6 +170,8 @@ def test_fast_preprocessing_and_reduced_decode_without_ray(tmp_path):
     assert stack_pixels([released.tobytes()], 112, 70).dtype == np.float32
     with pytest.raises(ValueError, match="not a 3 x 112 x 70"):
         stack_pixels([b"x" * 5], 112, 70)
+    with pytest.raises(ValueError, match="not a 3 x 112 x 70 uint8"):  # one batch, one format
+        stack_pixels([fast.tobytes(), released.tobytes()], 112, 70)
     stage = DecodePartition(str(tmp_path), INPUT_SIZE, 50_000_000, preprocessing="fast", reduced_decode=True)
     (tmp_path / "big.jpg").write_bytes(big)
     batch = next(stage({"pid": np.array([0]), "keys": np.array([np.array(["big.jpg"], dtype=object)], dtype=object)}))

@@ -355,10 +355,9 @@ def stack_pixels(buffers: list[bytes], h: int, w: int) -> np.ndarray:
     dtype = np.uint8 if len(buffers[0]) == per else np.float32
     out = np.empty((len(buffers), 3, h, w), dtype)
     for j, b in enumerate(buffers):
-        a = np.frombuffer(b, dtype)
-        if a.size != per:
-            raise ValueError(f"pixels of {len(b)} bytes are not a 3 x {h} x {w} uint8 or float32 input")
-        out[j] = a.reshape(3, h, w)
+        if len(b) != per * out.itemsize:
+            raise ValueError(f"pixels of {len(b)} bytes are not a 3 x {h} x {w} {dtype.__name__} input")
+        out[j] = np.frombuffer(b, dtype).reshape(3, h, w)
     return out
 
 
