@@ -7,6 +7,11 @@ as its own accumulated micro batches. ``--mode ddp`` / ``fsdp``: ``WORLD_SIZE``
 processes (gloo; ``RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` from the
 environment), each with its own share. The same effective batch either way, so
 the weights must agree.
+
+``--variants``: ``eager`` (torch's ``foreach`` Adam) and/or ``compiled`` (the
+encoder blocks compiled as the training loop's ``--compile`` does, and the fused
+Adam kernel), each from scratch in the same process; the output maps
+``(variant, grad_clip)`` to the run's result.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from depthlib.models import build_model  # noqa: E402
 from depthlib.training.objectives import RelativeObjective  # noqa: E402
 from depthlib.training.optim import make_optimizer  # noqa: E402
-from depthlib.training.parallel import optimizer_step, wrap_for_workers  # noqa: E402
+from depthlib.training.parallel import compile_model, optimizer_step, wrap_for_workers  # noqa: E402
 
 CROP, BATCH = 28, 2
 
@@ -49,6 +54,7 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--variants", nargs="+", choices=("eager", "compiled"), default=["eager"])
     ap.add_argument("--grad-clip", type=float, nargs="+", default=[0.05], help="one run from scratch per value")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -57,7 +63,8 @@ def main() -> None:
         dist.init_process_group("gloo")
         rank = dist.get_rank()
         assert dist.get_world_size() == args.workers
-    results = {clip: train(args, clip, rank) for clip in args.grad_clip}
+    results = {(variant, clip): train(args, clip, rank, variant == "compiled")
+               for variant in args.variants for clip in args.grad_clip}
     if rank == 0:
         torch.save(results, args.out)
     if args.mode != "single":
@@ -65,16 +72,20 @@ def main() -> None:
         dist.destroy_process_group()
 
 
-def train(args: argparse.Namespace, grad_clip: float, rank: int) -> dict:
+def train(args: argparse.Namespace, grad_clip: float, rank: int, compiled: bool) -> dict:
     """``--steps`` optimiser steps from the same initial weights; the first step's
-    gradient and weights, the final weights and each step's mean loss."""
+    gradient and weights, the final weights and each step's mean loss.
+    ``compiled``: compiled encoder blocks and fused Adam, else eager and ``foreach``."""
     torch.manual_seed(0)  # the same initial weights in every process
     model = build_model("tiny")
     frozen = copy.deepcopy(model.pretrained)  # the student's feature alignment, against its start
     objective = RelativeObjective(trim=0.1, frozen_encoder=frozen, feature_layer=3)
     model.pretrained.grad_checkpointing = args.activation_checkpointing
+    if compiled:
+        compile_model(model)
     wrapped = wrap_for_workers(model, args.mode == "fsdp", torch.device("cpu"))
-    optimizer = make_optimizer(wrapped, "adam", 1e-3, 10.0, 0.0)
+    optimizer = make_optimizer(wrapped, "adam", 1e-3, 10.0, 0.0, fused=compiled)
+    assert optimizer.defaults["fused"] == compiled
     losses, first = [], {}
     for step in range(args.steps):
         if args.mode == "single":
@@ -92,7 +103,10 @@ def train(args: argparse.Namespace, grad_clip: float, rank: int) -> dict:
         if step == 0:  # the (clipped) gradient the first step applied, and its weights
             first = {"grads": {n: _full(p.grad) for n, p in model.named_parameters() if p.grad is not None},
                      "state": full_state(wrapped, args.mode)}
-    return {"state": full_state(wrapped, args.mode), "losses": losses, "first": first}
+    from torch._dynamo.utils import counters
+
+    return {"state": full_state(wrapped, args.mode), "losses": losses, "first": first,
+            "graphs": counters["stats"]["unique_graphs"]}  # compiled so far in this process
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

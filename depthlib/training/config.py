@@ -96,6 +96,10 @@ class TrainConfig:
         "help": "recompute encoder blocks in backward (less memory, ~30%% more compute)"})
     fsdp: bool = field(default=False, metadata={"help": "shard parameters, gradients and optimiser state (FSDP2) "
                                                         "instead of DDP"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile each encoder block for training (inductor: fused kernels, faster steps after a "
+                "one-off compilation at the start of each worker; validation stays eager); the same weights "
+                "either way"})
 
     # Validation, checkpoints, logging.
     val_every: int = field(default=1000, metadata={"help": "validate every K steps (and at the end)"})
@@ -169,7 +173,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({
     "steps", "workers", "gpus_per_worker", "cpus_per_worker", "data_cpus", "grad_accum", "global_batch_size",
     "val_every", "val_limit", "samples", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
-    "tracker", "wandb_project", "preset", "fail_at_step",
+    "tracker", "wandb_project", "preset", "fail_at_step", "compile",
 })
 
 

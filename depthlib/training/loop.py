@@ -42,7 +42,7 @@ from depthlib.training.config import TrainConfig
 from depthlib.training.data import load_validation_rows
 from depthlib.training.objectives import STAGES, MetricObjective, RelativeObjective
 from depthlib.training.optim import make_optimizer, make_scheduler
-from depthlib.training.parallel import is_distributed, optimizer_step, wrap_for_workers
+from depthlib.training.parallel import compile_model, is_distributed, optimizer_step, wrap_for_workers
 from depthlib.training.plan import ConsumptionLedger, GroupPlan
 from depthlib.training.state import (TrainState, read_checkpoint_dir, set_rng_state, write_checkpoint_dir,
                                      write_run_state)
@@ -136,6 +136,8 @@ class Trainer:
             self.state, model_state = restored[0], restored[1]
             model.load_state_dict(model_state, strict=True)
         self.raw_model = model.to(self.device)
+        if cfg.compile:
+            compile_model(self.raw_model)
         self.model = wrap_for_workers(self.raw_model, cfg.fsdp, self.device)
         self.optimizer = make_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.head_lr_multiplier, cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg.steps, cfg.warmup_steps, cfg.lr_power)
@@ -262,6 +264,7 @@ class Trainer:
     # ------------------------------------------------------------------ validation
 
     @torch.no_grad()
+    @torch.compiler.set_stance("force_eager")  # --compile: held-out images of other sizes would recompile
     def validate(self, step: int) -> dict:
         """Validation metrics (mean over all held-out images, all workers) with the
         evaluation protocol; rank 0 also draws ``samples/step-<step>.png``."""

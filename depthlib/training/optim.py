@@ -19,14 +19,25 @@ def param_groups(model: torch.nn.Module, lr: float, head_lr_multiplier: float = 
              "name": "head", "weight_decay": weight_decay}]
 
 
+# Devices with torch's fused Adam/AdamW kernels that this project trains on (torch >= 2.4: CPU too).
+FUSED_DEVICES = ("cuda", "cpu")
+
+
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float, head_lr_multiplier: float,
-                   weight_decay: float) -> torch.optim.Optimizer:
-    """Adam (paper, relative stages) or AdamW (official metric fine-tuning, decoupled decay)."""
+                   weight_decay: float, fused: bool | None = None) -> torch.optim.Optimizer:
+    """Adam (paper, relative stages) or AdamW (official metric fine-tuning, decoupled decay).
+
+    ``fused``: torch's fused kernel (one launch updates every parameter, instead
+    of the ``foreach`` implementation's several per group); None: fused where
+    every parameter's device has it (``FUSED_DEVICES``). The same update to float
+    rounding (``tests/test_training_parallel.py``); resumes from either's state."""
     groups = param_groups(model, lr, head_lr_multiplier, weight_decay)
+    if fused is None:
+        fused = all(p.device.type in FUSED_DEVICES for g in groups for p in g["params"])
     if kind == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999))
+        return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
     if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
     raise ValueError(f"unknown optimizer {kind!r}")
 
 
