@@ -160,6 +160,16 @@ def _resources(cfg: TrainConfig) -> tuple[float, float]:
     return gpus, cpus
 
 
+def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:  # noqa: F821 - ray is imported lazily
+    """Ray Train's ``ScalingConfig`` of the run: ``--workers`` workers, each
+    with the GPUs and CPUs of :func:`_resources` (``use_gpu`` when it has a GPU)."""
+    from ray.train import ScalingConfig
+
+    gpus, cpus = _resources(cfg)
+    return ScalingConfig(num_workers=cfg.workers, use_gpu=gpus > 0,
+                         resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})})
+
+
 def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     """Train (or resume, or report a finished run). Returns the run summary.
 
@@ -168,7 +178,7 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     autoscaling cluster; tests use 0 so a misconfiguration fails fast).
     """
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from depthlib.training.loop import FINAL_MODEL, train_worker
@@ -208,8 +218,7 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
         train_worker,
         train_loop_config={"config": cfg.to_dict(), "plan": plan_ref, "run_name": f"{path.rstrip('/').rsplit('/', 1)[-1]}",
                            "s3": s3, "torch_threads": max(1, int(cpus))},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpus > 0,
-                                     resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=RUN_NAME, storage_path=path, storage_filesystem=fs if storage.is_s3(out) else None,
             checkpoint_config=CheckpointConfig(
