@@ -172,11 +172,14 @@ def test_fast_preprocessing_and_reduced_decode_without_ray(tmp_path):
         stack_pixels([b"x" * 5], 112, 70)
     with pytest.raises(ValueError, match="not a 3 x 112 x 70 uint8"):  # one batch, one format
         stack_pixels([fast.tobytes(), released.tobytes()], 112, 70)
+    with pytest.raises(ValueError, match="float32 .* not a 3 x 112 x 70 uint8"):
+        stack_pixels([fast, released], 112, 70)
+    assert np.array_equal(stack_pixels([fast, fast], 112, 70), both)
     stage = DecodePartition(str(tmp_path), INPUT_SIZE, 50_000_000, preprocessing="fast", reduced_decode=True)
     (tmp_path / "big.jpg").write_bytes(big)
     batch = next(stage({"pid": np.array([0]), "keys": np.array([np.array(["big.jpg"], dtype=object)], dtype=object)}))
     assert (batch["image_h"][0], batch["image_w"][0], batch["in_h"][0], batch["in_w"][0]) == (640, 400, 112, 70)
-    assert len(batch["pixels"][0]) == 3 * 112 * 70
+    assert batch["pixels"].shape == (1, 3, 112, 70) and batch["pixels"].dtype == np.uint8  # a tensor column
     with pytest.raises(ValueError, match="fast preprocessing"):
         DecodePartition(str(tmp_path), INPUT_SIZE, 50_000_000, reduced_decode=True)
 

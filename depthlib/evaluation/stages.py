@@ -6,8 +6,8 @@
    cut to its 352 x 1216 benchmark crop first. With ``predictions`` set, the
    prediction is read from a ``.npy`` file instead and no model runs.
 2. ``depthlib.pseudo_label.stages.LabelActor`` (GPU or CPU actors): the same
-   actor the labelling job uses; it adds ``label`` (float32 bytes of the
-   ``in_h x in_w`` output) and passes every other column through.
+   actor the labelling job uses; it adds ``label`` (the ``in_h x in_w``
+   float32 output) and passes every other column through.
 3. :class:`ScoreRows` (CPU tasks): reads and decodes the ground truth, resizes
    the prediction to its size (bilinear, aligned corners: the released
    ``infer_image``), and scores it with ``depthlib.evaluation.protocol`` (or
@@ -34,9 +34,10 @@ from depthlib.evaluation.datasets import GroundTruthError, decode_ground_truth, 
 from depthlib.evaluation.protocol import Protocol, kitti_benchmark_crop, pairs_correct, score_and_depth, valid_pixels
 from depthlib.evaluation.sources import FileReadError, Locator, read_locator
 from depthlib.images import ImageDecodeError, decode_image
-from depthlib.pseudo_label.stages import model_input, rows_to_batch, shape_groups
+from depthlib.pseudo_label.stages import NO_LABEL, model_input, rows_to_batch, shape_groups
 
 EVAL_INT_COLUMNS = ("image_h", "image_w", "in_h", "in_w")
+NO_PIXELS = np.zeros((3, 0, 0), np.float32)  # the model input of a row without one (released preprocessing)
 COLUMNS = ("dataset", "layout", "key", "sample", "image_h", "image_w", "crop", "thumb", "gt",
            "in_h", "in_w", "pixels", "label", "error", "detail")
 
@@ -103,7 +104,8 @@ class ReadInputs:
         return {i: row for i, row in enumerate(table.to_pylist()) if i in wanted}
 
     def _one(self, dataset: str, layout: str, sample: dict, shard_rows: dict[int, Any] | None) -> dict:
-        row = {c: b"" for c in ("thumb", "gt", "pixels", "label")}
+        row = {c: b"" for c in ("thumb", "gt")}
+        row.update(pixels=NO_PIXELS, label=NO_LABEL)
         row.update(dataset=dataset, layout=layout, key=sample["key"], sample=json.dumps(sample),
                    image_h=0, image_w=0, crop="", in_h=0, in_w=0, error="", detail="")
         if sample.get("error"):
@@ -146,20 +148,20 @@ class ReadInputs:
                 except GroundTruthError as e:
                     raise _Skip("bad_prediction", str(e)) from None
                 pred = np.ascontiguousarray(pred, dtype=np.float32)
-                row["label"] = pred.tobytes()
+                row["label"] = pred
                 row["in_h"], row["in_w"] = pred.shape
             else:
                 try:
                     pixels = model_input(image, self.input_size)
                 except ImageDecodeError as e:
                     raise _Skip(e.reason, f"{sample['key']}: {e.detail}") from None
-                row["pixels"] = pixels.tobytes()
+                row["pixels"] = pixels
                 row["in_h"], row["in_w"] = pixels.shape[1:]
         except _Skip as e:
-            row.update(error=e.reason, detail=e.detail[:1000], pixels=b"", label=b"", in_h=0, in_w=0)
+            row.update(error=e.reason, detail=e.detail[:1000], pixels=NO_PIXELS, label=NO_LABEL, in_h=0, in_w=0)
         except Exception as e:  # noqa: BLE001 - a bug or an unforeseen file must not fail the block
             row.update(error="read_error", detail=storage.redact(f"{sample['key']}: {type(e).__name__}: {e}")[:1000],
-                       pixels=b"", label=b"", in_h=0, in_w=0)
+                       pixels=NO_PIXELS, label=NO_LABEL, in_h=0, in_w=0)
         return row
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -230,7 +232,7 @@ class ScoreRows:
 
         sample = json.loads(row["sample"])
         layout = row["layout"]
-        pred = torch.from_numpy(np.frombuffer(row["label"], np.float32).reshape(row["in_h"], row["in_w"]).copy())
+        pred = torch.from_numpy(np.array(row["label"], np.float32).reshape(row["in_h"], row["in_w"]))
         if not torch.isfinite(pred).all():
             raise _Skip("bad_prediction", f"{row['key']}: non-finite prediction")
         thumb = pictures.from_png(row["thumb"])
