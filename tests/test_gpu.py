@@ -185,16 +185,15 @@ def test_pinned_non_blocking_copy_on_side_stream(no_tf32):
 
 def test_label_actor_on_gpu_matches_cpu_fp32(tmp_path):
     """``LabelActor`` (tiny, bf16, batch 4) on CUDA over two input shapes (one of
-    them more rows than a batch) and one error row: labels of ``4 * in_h * in_w``
-    bytes, finite, within ``BF16_REL`` of the same checkpoint run on the CPU in
-    fp32 on the same pixels; other columns pass through, ``pixels`` is dropped.
+    them more rows than a batch) and one error row: ``in_h x in_w`` float32 labels,
+    finite, within ``BF16_REL`` of the same checkpoint run on the CPU in fp32 on the
+    same pixels; other columns pass through, ``pixels`` is dropped.
 
-    The pixels come from the library's own ``model_input`` (uint8 or float32,
-    whichever it returns); the CPU reference normalises uint8 as
-    ``depthlib.transforms.normalize(x / 255)``."""
+    The pixels come from the library's own ``model_input`` (the labelling job's
+    ``fast`` uint8 inputs, normalised on the device); the CPU reference
+    normalises them with ``pixels_to_model`` on the CPU."""
     from depthlib.models import export_released, load_released
-    from depthlib.pseudo_label.stages import LabelActor, model_input
-    from depthlib.transforms import normalize
+    from depthlib.pseudo_label.stages import NO_LABEL, LabelActor, model_input, pixels_to_model, tensor_column
 
     ckpt = tmp_path / "tiny.pth"
     export_released(seeded_model(), ckpt)
@@ -205,7 +204,7 @@ def test_label_actor_on_gpu_matches_cpu_fp32(tmp_path):
     rng = np.random.default_rng(3)
     sizes = [(120, 160)] * 5 + [(200, 90)] * 2
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-    inputs = [np.ascontiguousarray(model_input(im, 140)) for im in images]
+    inputs = [np.ascontiguousarray(model_input(im, 140, "fast")) for im in images]
     n = len(inputs) + 1  # + an error row
     keys = [f"img{i}" for i in range(n)]
     error = [""] * len(inputs) + ["decode_error"]
@@ -215,25 +214,22 @@ def test_label_actor_on_gpu_matches_cpu_fp32(tmp_path):
         "detail": np.array([""] * len(inputs) + ["bad bytes"], dtype=object),
         "in_h": np.array([p.shape[1] for p in inputs] + [0], dtype=np.int64),
         "in_w": np.array([p.shape[2] for p in inputs] + [0], dtype=np.int64),
-        "pixels": np.array([p.tobytes() for p in inputs] + [b""], dtype=object),
+        "pixels": tensor_column(inputs + [np.zeros((3, 0, 0), np.uint8)]),
         "extra": np.arange(n, dtype=np.int64),
     }
     out = actor(batch)
     assert "pixels" not in out
     assert list(out["key"]) == keys and list(out["extra"]) == list(range(n))
-    assert out["error"][-1] == "decode_error" and not out["label"][-1]
+    assert out["error"][-1] == "decode_error" and out["label"][-1].shape == NO_LABEL.shape
     assert all(e == "" for e in out["error"][:-1]), list(zip(out["error"], out["detail"]))
 
     cpu_model = load_released(str(ckpt), "tiny").eval()
     for i, p in enumerate(inputs):
         h, w = p.shape[1:]
-        assert len(out["label"][i]) == 4 * h * w
-        label = np.frombuffer(out["label"][i], np.float32).reshape(h, w)
-        assert np.isfinite(label).all()
-        x = torch.from_numpy(p.copy())
-        x = normalize(x.float() / 255.0) if x.dtype == torch.uint8 else x.float()
+        label = out["label"][i]
+        assert label.shape == (h, w) and label.dtype == np.float32 and np.isfinite(label).all()
         with torch.inference_mode():
-            ref = cpu_model(x[None])[0]
+            ref = cpu_model(pixels_to_model(p[None]))[0]
         assert ref.norm() > 0
         assert rel_err(torch.from_numpy(label.copy()), ref) < BF16_REL, (i, rel_err(torch.from_numpy(label.copy()), ref))
 
