@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--encoder tiny] [--crop 126] [--batch-size 8] [--steps 200]
     .venv/bin/python benchmarks/train_step.py --encoder vitl --crop 518 --batch-size 8 --device cuda
+    .venv/bin/python benchmarks/train_step.py --encoder vitl --crop 518 --batch-size 32 --device cuda --compile
 
 (a) plain loop: one process, the same model, objective (teacher: ssi + gm),
     optimiser and batch size, on examples already decoded and augmented in
@@ -13,7 +14,14 @@
 Prints images/s of both and the ratio b/a (target >= 0.9). The worker and the
 plain loop use the same number of torch threads. On CUDA (``--device cuda``)
 both run bf16 autocast, and the plain loop's training FLOPs (forward and
-backward, counted with torch's FLOP counter) give achieved TFLOP/s per GPU.
+backward, counted with torch's FLOP counter on an eager step) give achieved
+TFLOP/s per GPU, and its share of the bf16 peak (``--peak-tflops``: the
+measured matmul peak; default the data-sheet figure).
+
+Both take the fused Adam kernel (the training loop's default). ``--compile``
+compiles the encoder blocks in both (the job's ``--compile``; the timed steps
+start after the warm-up, which includes the compilation); ``--compile-head``
+also compiles the DPT head in the plain loop (to measure what it would add).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from depthlib.training.data import load_validation_rows  # noqa: E402
 from depthlib.training.examples import ExampleSpec, make_example  # noqa: E402
 from depthlib.training.objectives import RelativeObjective  # noqa: E402
 from depthlib.training.optim import make_optimizer  # noqa: E402
+from depthlib.training.parallel import compile_model  # noqa: E402
 from depthlib.transforms import normalize  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, no sparsity
@@ -54,7 +63,8 @@ def render(output: str, count: int, size: int) -> str:
 
 
 def plain_loop(shards_uri: str, encoder: str, crop: int, batch_size: int, steps: int, warmup: int,
-               device: torch.device, threads: int) -> tuple[float, float]:
+               device: torch.device, threads: int, compile_blocks: bool = False,
+               compile_head: bool = False) -> tuple[float, float]:
     """(images/s, training FLOPs per image) of the bare loop on in-memory examples."""
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -87,6 +97,8 @@ def plain_loop(shards_uri: str, encoder: str, crop: int, batch_size: int, steps:
     with FlopCounterMode(display=False) as counter:
         step(batches[0])
     flops_per_image = counter.get_total_flops() / batch_size
+    if compile_blocks:
+        compile_model(model, head=compile_head)
     for i in range(warmup):
         step(batches[i % len(batches)])
     if device.type == "cuda":
@@ -100,7 +112,7 @@ def plain_loop(shards_uri: str, encoder: str, crop: int, batch_size: int, steps:
 
 
 def ray_job(shards_uri: str, output: str, encoder: str, crop: int, batch_size: int, steps: int, warmup: int,
-            gpus: float, cpus: float) -> float:
+            gpus: float, cpus: float, compile_blocks: bool = False) -> float:
     """Images/s of the training job with one worker, from its metrics rows after ``warmup`` steps."""
     from depthlib.training.config import TrainConfig
     from depthlib.training.job import run_training
@@ -109,7 +121,7 @@ def ray_job(shards_uri: str, output: str, encoder: str, crop: int, batch_size: i
     cfg = TrainConfig(stage="teacher", data=[shards_uri], output=output, encoder=encoder, crop=crop,
                       batch_size=batch_size, steps=steps + warmup, workers=1, gpus_per_worker=gpus,
                       cpus_per_worker=cpus, log_every=log_every, checkpoint_every=10**9, val_every=10**9,
-                      max_failures=0, lr=1e-5, rows_per_group=4 * batch_size)
+                      max_failures=0, lr=1e-5, rows_per_group=4 * batch_size, compile=compile_blocks)
     run_training(cfg, log=lambda *_: None, start_retries=0)
     rows = [json.loads(line) for line in storage.read_bytes(storage.join(output, "metrics.jsonl")).decode().splitlines()]
     timed = [r for r in rows if r["step"] > warmup and "images_per_s" in r and r["step"] < steps + warmup]
@@ -127,6 +139,10 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=256)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the loop and of the worker (CPU)")
+    parser.add_argument("--compile", action="store_true", help="compile the encoder blocks (plain loop and job)")
+    parser.add_argument("--compile-head", action="store_true", help="with --compile: the DPT head too (plain loop)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="bf16 peak of the GPU for the share printed (default: data sheet; H200 measured ~790)")
     args = parser.parse_args()
 
     import ray
@@ -138,20 +154,22 @@ def main() -> None:
         shards_uri = render(f"{tmp}/data", args.scenes, args.crop)
         t0 = time.time()
         plain, flops = plain_loop(shards_uri, args.encoder, args.crop, args.batch_size, args.steps, args.warmup,
-                                  device, args.threads)
+                                  device, args.threads, args.compile, args.compile_head)
         t1 = time.time()
         gpus = 1.0 if device.type == "cuda" else 0.0
         job = ray_job(shards_uri, f"{tmp}/run", args.encoder, args.crop, args.batch_size, args.steps, args.warmup,
-                      gpus, cpus=float(args.threads))
+                      gpus, cpus=float(args.threads), compile_blocks=args.compile)
         t2 = time.time()
-    print(f"{args.encoder} at {args.crop}px, batch {args.batch_size}, {args.device}, {args.threads} thread(s):")
+    compiled = ("compiled blocks" + (" + head (plain loop)" if args.compile_head else "")) if args.compile else "eager"
+    print(f"{args.encoder} at {args.crop}px, batch {args.batch_size}, {args.device}, {args.threads} thread(s), "
+          f"{compiled}, fused Adam:")
     print(f"  (a) plain loop, in-memory batches: {plain:8.2f} images/s   ({t1 - t0:.0f}s)")
     print(f"  (b) Ray Train job, 1 worker:      {job:8.2f} images/s   ({t2 - t1:.0f}s with start-up)")
     print(f"  b/a = {job / plain:.3f}")
     print(f"  training FLOPs per image (fwd+bwd): {flops / 1e9:.2f} GFLOP")
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        peak = args.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
         for label, rate in (("plain", plain), ("job", job)):
             tflops = rate * flops / 1e12
             share = f", {100 * tflops / peak:.1f}% of the {peak:.0f} TFLOP/s bf16 peak" if peak else ""
