@@ -147,7 +147,7 @@ def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessi
         for start in range(0, len(items), batch_size):
             part = items[start:start + batch_size]
             block = rows_to_batch({"key": [k for k, *_ in part], "image": [d for _, d, *_ in part],
-                                   "pixels": [x.tobytes() for *_, x in part]}, ())
+                                   "pixels": [x for *_, x in part]}, ())
 
             def to_actor():  # Ray Data's path: numpy batch -> Arrow block -> object store -> numpy batch
                 got = ray.get(ray.put(BlockAccessor.batch_to_block(block)))
@@ -156,7 +156,7 @@ def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessi
 
             x = timed("transfer", to_actor)
             labels = list(stand_in_prediction(x))  # label-like maps (smooth, bf16 steps)
-            back = rows_to_batch({"label": [lab.tobytes() for lab in labels], "image": list(block["image"])}, ())
+            back = rows_to_batch({"label": labels, "image": list(block["image"])}, ())
 
             def to_writer():
                 got = ray.get(ray.put(BlockAccessor.batch_to_block(back)))
