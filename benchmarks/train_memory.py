@@ -92,7 +92,8 @@ def projected_table(crop: int = 518, encoders=("vits", "vitb", "vitl", "vitg")) 
     head = [f"{gpu}, {setting}" for gpu in GPUS for setting in ("plain", "act. ckpt")]
     lines = [f"Largest batch per GPU at {crop} px, bf16 autocast, Adam, DDP (PROJECTED from the memory model "
              f"of benchmarks/train_memory.py, not measured; budget {BUDGET:.0%} of the GPU's memory)", "",
-             "| encoder | params | static (teacher / student) | GiB per image (plain / ckpt) | " + " | ".join(head) + " |",
+             "| encoder | params | static (teacher / student) | GiB per image (plain / ckpt) | "
+             + " | ".join(head) + " |",
              "|---" * (4 + len(head)) + "|"]
     for encoder in encoders:
         sizes = model_sizes(encoder)
