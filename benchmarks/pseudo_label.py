@@ -112,7 +112,8 @@ def bare_loop(paths: list[Path], checkpoint: str, encoder: str, input_size: int,
 def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessing: str,
                 out: Path) -> dict[str, float]:
     """CPU core-milliseconds per image of each CPU stage of the job, timed in this process on
-    the job's own functions (``time.process_time``: every thread of the process, one torch thread):
+    the job's own functions (``time.thread_time``: the CPU time of the calling thread, so Ray's
+    own background threads in this process do not count; one torch thread):
 
     read (the object's bytes), decode (Pillow, reduced DCT scale for large JPEGs under
     ``fast``), resize (to the model's input), transfer (a decoded block through Ray's object
@@ -130,9 +131,9 @@ def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessi
     cost = dict.fromkeys(("read", "decode", "resize", "transfer", "encode", "write"), 0.0)
 
     def timed(name, fn, *a):
-        t = time.process_time()
+        t = time.thread_time()
         r = fn(*a)
-        cost[name] += time.process_time() - t
+        cost[name] += time.thread_time() - t
         return r
 
     decoded = []
@@ -230,11 +231,35 @@ def stand_in_runs(args, bs: int) -> dict:
     return result
 
 
+def timed_actor(actor_class, log: Path):
+    """``actor_class`` that appends ``start end images`` of every forward pass to ``log``
+    (start: when the pass is queued; end: when its output is back on the host)."""
+
+    class TimedLabelActor(actor_class):
+        def forward(self, pixels):
+            start = time.perf_counter()
+            return super().forward(pixels), start, len(pixels)
+
+        def finish(self, handle):
+            inner, start, n = handle
+            out = super().finish(inner)
+            with open(log, "a") as f:
+                f.write(f"{start} {time.perf_counter()} {n}\n")
+            return out
+
+    return TimedLabelActor
+
+
 def ray_job(image_dir: Path, checkpoint: str, encoder: str, input_size: int, batch_size: int, dtype: str,
             out: Path, partition_size: int, actor_class=None, **settings) -> tuple[float, float]:
+    """(images/s over the whole job, images/s in steady state). Steady state: the images
+    of every forward pass over the time from the first pass queued to the last one's output
+    back on the host (worker start-up and model loading excluded, which a long job amortises;
+    partition commit times are not used: they arrive in bunches)."""
     import ray
 
     from depthlib.pseudo_label import PseudoLabelConfig, run_pseudo_label
+    from depthlib.pseudo_label.stages import LabelActor
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
@@ -242,14 +267,11 @@ def ray_job(image_dir: Path, checkpoint: str, encoder: str, input_size: int, bat
     cfg = PseudoLabelConfig(input=str(image_dir), output=str(out), checkpoint=checkpoint,
                             encoder=encoder, input_size=input_size, batch_size=batch_size, dtype=dtype,
                             partition_size=partition_size, samples=0, **settings)
-    summary = run_pseudo_label(cfg, log=lambda *_: None, actor_class=actor_class)
-    # Steady state: images committed between the first and the last partition commit
-    # (excludes worker start-up and model loading, which a long job amortises).
-    records = sorted((json.loads(p.read_text()) for p in (out / "_done").glob("*.json")),
-                     key=lambda r: r["committed_at"])
-    span = records[-1]["committed_at"] - records[0]["committed_at"]
-    steady = sum(r["n_labels"] for r in records[1:]) / span if span > 0 else float("nan")
-    return summary["this_run"]["images_per_s"], steady
+    log = out.parent / f"{out.name}-passes.txt"
+    summary = run_pseudo_label(cfg, log=lambda *_: None, actor_class=timed_actor(actor_class or LabelActor, log))
+    passes = np.loadtxt(log, ndmin=2)
+    steady = passes[:, 2].sum() / (passes[:, 1].max() - passes[:, 0].min())
+    return summary["this_run"]["images_per_s"], float(steady)
 
 
 def model_alone(encoder: str, input_size: int, batch_size: int, dtype: str, shape: tuple[int, int],
