@@ -306,7 +306,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--partition-size", type=int, default=None, help="default: images / 8; 32 with --stand-in")
     ap.add_argument("--preprocessing", default="fast", choices=("fast", "released"))
-    ap.add_argument("--keys-per-task", type=int, default=32)
+    ap.add_argument("--keys-per-task", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model in the job and alone")
     ap.add_argument("--stand-in", type=float, nargs="+", default=None, metavar="IMAGES_PER_S",
                     help="replace the model by a stand-in accelerator at each of these rates (no GPU needed)")

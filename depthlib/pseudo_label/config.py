@@ -38,8 +38,9 @@ class PseudoLabelConfig:
                 "(needs --preprocessing fast)"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the teacher in each actor (CUDA; the first batch of each input shape compiles)"})
-    keys_per_task: int = field(default=32, metadata={
-        "help": "images per decoding task (a partition is decoded by several tasks in parallel)"})
+    keys_per_task: int = field(default=64, metadata={
+        "help": "images per decoding task: a partition is decoded by several tasks in parallel (smaller: "
+                "smoother streaming and more parallelism within a partition; larger: less per-task overhead)"})
     limit: Optional[int] = field(default=None, metadata={"help": "label only the first N keys (sorted order)"})
     partition_size: int = field(default=256, metadata={
         "help": "keys per unit of work; a unit is committed (or redone) as a whole"})

@@ -28,8 +28,11 @@ MAX_ROUNDS = 3  # a partition whose pieces conflict (a retried task regrouped ro
 
 # Memory Ray reserves per task: Ray Data warns unless it is 1.25x the task's peak. Measured
 # with benchmarks/pseudo_label.py, a decoding task of 32 keys of 1-2 MP JPEGs peaks at
-# 630-670 MiB, most of it the worker's Python, torch, Pillow and pyarrow.
+# 630-670 MiB with uint8 inputs and 1.1-1.2 GiB with float32 ones: ~550 MiB of Python, torch,
+# Pillow and pyarrow, then about 4x the block's model inputs (held as numpy, Arrow and
+# serialised copies) and the source bytes.
 TASK_BASE_MEMORY = 768 * 2**20
+BLOCK_COPIES = 5
 SOURCE_IMAGE_BYTES = 2 * 2**20  # a 1-2 MP JPEG and its share of a decode in flight
 
 
@@ -46,7 +49,7 @@ def stage_memory(config: PseudoLabelConfig) -> dict[str, int]:
     input_bytes = px * (3 if config.preprocessing == "fast" else 12)
     rows_per_write = config.batch_size * PASSES_PER_CALL
     return {
-        "decode": TASK_BASE_MEMORY + config.keys_per_task * (input_bytes + SOURCE_IMAGE_BYTES),
+        "decode": TASK_BASE_MEMORY + config.keys_per_task * (BLOCK_COPIES * input_bytes + SOURCE_IMAGE_BYTES),
         # a block of float32 labels and their images, and the Parquet table built from them
         "write": TASK_BASE_MEMORY + rows_per_write * (2 * 4 * px + 2 * SOURCE_IMAGE_BYTES),
     }
