@@ -273,9 +273,10 @@ def test_write_shard_and_ray_style_read(storage_root):
     pf = pq.ParquetFile(path, filesystem=fs)
     assert shards.check_shard_metadata(pf.metadata.metadata, uri) == 2
     depth_col = pf.schema_arrow.names.index("depth")
-    # v2 cells carry their own zstd; Parquet does not compress them again
+    # v2 cells carry their own zstd and images are JPEG/PNG bytes: Parquet compresses neither again
     assert pf.metadata.row_group(0).column(depth_col).compression == "UNCOMPRESSED"
-    assert pf.metadata.row_group(0).column(pf.schema_arrow.names.index("image")).compression == "ZSTD"
+    assert pf.metadata.row_group(0).column(pf.schema_arrow.names.index("image")).compression == "UNCOMPRESSED"
+    assert pf.metadata.row_group(0).column(pf.schema_arrow.names.index("provenance")).compression == "ZSTD"
     for rec, row in zip(table.to_pylist(), rows):
         assert rec["depth"] == row["depth"]
 
