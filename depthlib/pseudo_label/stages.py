@@ -16,7 +16,7 @@ they are unit-tested directly. Batches are dicts of numpy arrays.
    (``depthlib.evaluation.stages``) runs its samples through the same actor.
 
 Model inputs travel in one of two formats (:data:`PREPROCESSING`), told
-apart by their size: ``fast`` (the labelling default) ships ``3 x h x w``
+apart by their dtype: ``fast`` (the labelling default) ships ``3 x h x w``
 uint8 pixels, resized from the decoded uint8 image, and the actor
 normalises them on its device: a quarter of the bytes of float32 through
 the object store and the host-to-device copy. ``released`` ships the
