@@ -23,9 +23,13 @@ from depthlib.evaluation.config import EvaluateConfig  # noqa: E402
 
 
 def main(argv=None) -> dict:
+    from depthlib.models.checkpoints import check_checkpoint
+
     try:
         config = parse_layered_config(EvaluateConfig, argv)
-    except ValueError as e:  # a bad setting: say which, as argparse does, without a traceback
+        if config.checkpoint:  # exists, loads, fits --encoder: before Ray starts
+            check_checkpoint(config.checkpoint, config.encoder, config.metric)
+    except (ValueError, FileNotFoundError) as e:  # a bad setting or input: one line, exit 2, as argparse does
         exit_with_error("evaluate.py", e)
     import ray
 

@@ -23,12 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from depthlib.cli import parse_config  # noqa: E402
+from depthlib.cli import exit_with_error, parse_config  # noqa: E402
 from depthlib.synthetic_job import MakeSyntheticConfig  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    config = parse_config(MakeSyntheticConfig, argv)
+    try:
+        config = parse_config(MakeSyntheticConfig, argv)
+    except ValueError as e:  # a bad setting: one line, exit 2, as argparse does
+        exit_with_error("make_synthetic.py", e)
     import ray
 
     from depthlib.synthetic_job import make_synthetic

@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from depthlib.cli import parse_config  # noqa: E402
+from depthlib.cli import exit_with_error, parse_config  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass(kw_only=True)
@@ -33,12 +35,32 @@ class PredictConfig:
     dtype: str = field(default="bf16", metadata={"help": "bf16 | fp16 | fp32 on CUDA (CPU always fp32)"})
 
     def __post_init__(self):
+        from depthlib.models.specs import MODEL_SPECS
+
+        if self.encoder not in MODEL_SPECS:
+            raise ValueError(f"--encoder must be one of {sorted(MODEL_SPECS)}, got {self.encoder!r}")
         if self.input_size % 14:
             raise ValueError(f"--input-size must be a multiple of 14, got {self.input_size}")
 
 
+def _input_files(src: Path) -> list[Path]:
+    if not src.exists():
+        raise FileNotFoundError(f"--input {src} does not exist")
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if src.is_dir() else [src]
+    if not files:
+        raise ValueError(f"--input {src} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def main(argv=None) -> None:
-    cfg = parse_config(PredictConfig, argv)
+    from depthlib.models.checkpoints import check_checkpoint
+
+    try:
+        cfg = parse_config(PredictConfig, argv)
+        files = _input_files(Path(cfg.input))
+        check_checkpoint(cfg.checkpoint, cfg.encoder, cfg.metric)
+    except (ValueError, FileNotFoundError) as e:  # a bad setting or input: one line, exit 2, as argparse does
+        exit_with_error("predict.py", e)
     import numpy as np
 
     from depthlib.images import decode_image
@@ -46,9 +68,6 @@ def main(argv=None) -> None:
     from depthlib.models import load_released
     from depthlib.visualize import side_by_side, to_png
 
-    src = Path(cfg.input)
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp")) \
-        if src.is_dir() else [src]
     model = load_released(cfg.checkpoint, cfg.encoder, metric=cfg.metric, max_depth=cfg.max_depth)
     model = model.to(default_device())
     out_dir = Path(cfg.output)

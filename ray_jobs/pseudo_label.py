@@ -18,15 +18,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script
 
-from depthlib.cli import parse_config  # noqa: E402
+from depthlib.cli import exit_with_error, parse_config  # noqa: E402
 from depthlib.pseudo_label.config import PseudoLabelConfig  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    config = parse_config(PseudoLabelConfig, argv)
-    import ray
+    from depthlib.pseudo_label.job import LabellingInputError, check_inputs, run_pseudo_label
 
-    from depthlib.pseudo_label.job import run_pseudo_label
+    try:
+        config = parse_config(PseudoLabelConfig, argv)
+        check_inputs(config)  # the checkpoint, the output, something to label: before Ray starts
+    except (ValueError, LabellingInputError) as e:  # one line naming the setting, exit 2, as argparse does
+        exit_with_error("pseudo_label.py", e)
+    import ray
 
     ray.init()  # joins RAY_ADDRESS (set by `ray job submit`) or starts a local cluster
     return run_pseudo_label(config)

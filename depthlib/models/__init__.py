@@ -11,7 +11,7 @@ from importlib import import_module
 _EXPORTS = {
     "DepthAnythingV2": "depth_anything", "build_model": "depth_anything",
     "export_released": "checkpoints", "load_released": "checkpoints", "released_bytes": "checkpoints",
-    "load_state_dict_file": "checkpoints", "load_state_strict": "checkpoints",
+    "load_state_dict_file": "checkpoints", "load_state_strict": "checkpoints", "check_checkpoint": "checkpoints",
     "MODEL_SPECS": "specs", "PATCH_SIZE": "specs", "get_spec": "specs",
 }
 __all__ = sorted(_EXPORTS)

@@ -75,30 +75,63 @@ def load_state_dict_file(path_or_uri: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_state_strict(model: DepthAnythingV2, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-    """Load released-layout ``state`` into ``model``, failing with every
-    missing, unexpected and mis-shaped key named."""
+def state_mismatch(model: DepthAnythingV2, state: dict[str, torch.Tensor], source: str = "state dict") -> str | None:
+    """Why released-layout ``state`` does not fit ``model`` (every missing, unexpected and
+    mis-shaped key named, and the encoder the file looks like), or None if it fits."""
     state = released_to_model_state(state, model.encoder)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mis_shaped = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                         for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mis_shaped:
-        def show(items):
-            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
-        lines = [f"{source} does not fit a {model.encoder} {'metric' if model.metric else 'relative'} model:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
-        if mis_shaped:
-            lines.append(f"  shape mismatches ({len(mis_shaped)}): {show(mis_shaped)}")
-        guess = _guess_encoder(state)
-        if guess and guess != model.encoder:
-            lines.append(f"  hint: the file looks like encoder={guess!r}")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+    if not (missing or unexpected or mis_shaped):
+        return None
+
+    def show(items):
+        return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
+    lines = [f"{source} does not fit a {model.encoder} {'metric' if model.metric else 'relative'} model:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+    if mis_shaped:
+        lines.append(f"  shape mismatches ({len(mis_shaped)}): {show(mis_shaped)}")
+    guess = _guess_encoder(state)
+    if guess and guess != model.encoder:
+        lines.append(f"  hint: the file looks like encoder={guess!r}")
+    return "\n".join(lines)
+
+
+def load_state_strict(model: DepthAnythingV2, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Load released-layout ``state`` into ``model``, failing with every
+    missing, unexpected and mis-shaped key named."""
+    problem = state_mismatch(model, state, source)
+    if problem:
+        raise ValueError(problem)
+    model.load_state_dict(released_to_model_state(state, model.encoder), strict=True)
+
+
+def check_checkpoint(path_or_uri: str, encoder: str, metric: bool = False, flag: str = "--checkpoint") -> None:
+    """Fail early, with one sentence naming the file, on a checkpoint a job could not load:
+    missing (``FileNotFoundError``), not a loadable state dict, another encoder size than
+    ``encoder`` (both named), or keys that do not fit (``ValueError``). Builds the model on
+    the meta device, so the check costs one read of the file and no model's memory."""
+    name = storage.redact(str(path_or_uri))
+    if not storage.exists(str(path_or_uri)):
+        raise FileNotFoundError(f"{flag} {name} does not exist")
+    try:
+        state = load_state_dict_file(path_or_uri)
+    except Exception as e:  # noqa: BLE001 - whatever torch.load says, the file is not a checkpoint
+        raise ValueError(f"{flag} {name} does not load as a checkpoint: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+    guess = _guess_encoder(state)
+    if guess and guess != encoder:
+        raise ValueError(f"{flag} {name} holds a {guess} model, but --encoder is {encoder}")
+    with torch.device("meta"):
+        model = build_model(encoder, metric=metric)
+    problem = state_mismatch(model, state, f"{flag} {name}")
+    if problem:
+        raise ValueError(problem)
 
 
 def load_released(path_or_uri: str | Path, encoder: str, metric: bool = False, max_depth: float = 20.0) -> DepthAnythingV2:

@@ -179,6 +179,32 @@ def _chunk_totals(output: str, pids: list[int], fresh: dict[int, dict]) -> dict:
     return totals
 
 
+class LabellingInputError(ValueError):
+    """A setting or input the job cannot start with (the entry script exits 2 with it)."""
+
+
+def check_inputs(config: PseudoLabelConfig) -> None:
+    """Before any worker starts: the checkpoint exists, loads and is a ``--encoder`` model;
+    the output holds no run with other plan settings; the input (or manifest) holds at
+    least one key unless the output already has this run's frozen plan."""
+    from depthlib.models.checkpoints import check_checkpoint
+
+    try:
+        check_checkpoint(config.checkpoint, config.encoder, config.metric)
+        if plan_mod.frozen_plan(config.output, config.plan_fingerprint()) is not None:
+            return
+    except (FileNotFoundError, ValueError) as e:
+        raise LabellingInputError(str(e)) from None
+    where = f"--manifest {storage.redact(config.manifest)}" if config.manifest else \
+        f"--input {storage.redact(config.input)}"
+    try:
+        first = next(iter(storage.iter_input_keys(config.input, config.manifest)), None)
+    except Exception as e:  # noqa: BLE001 - a missing prefix, bucket or manifest
+        raise LabellingInputError(f"{where} cannot be listed: {storage.redact(f'{type(e).__name__}: {e}')}") from None
+    if first is None:
+        raise LabellingInputError(f"{where} holds no images to label")
+
+
 def run_pseudo_label(config: PseudoLabelConfig, log=print, actor_class=None) -> dict:
     """Label (or resume labelling) ``config.input``; returns the summary (summary.json's content).
 

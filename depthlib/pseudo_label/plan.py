@@ -85,6 +85,20 @@ def _chunk_uri(output: str, chunk: int) -> str:
     return storage.join(output, "_plan", f"plan-{chunk:05d}.parquet")
 
 
+def frozen_plan(output: str, fingerprint: dict) -> PlanMeta | None:
+    """The plan frozen under ``output`` (None if there is none); ``ValueError`` when it
+    was made with other settings than ``fingerprint``."""
+    meta_uri = storage.join(output, "_plan", "meta.json")
+    if not storage.exists(meta_uri):
+        return None
+    meta = json.loads(storage.read_bytes(meta_uri))
+    if meta["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{storage.redact(output)} holds a run with other settings {meta['fingerprint']}; this run has "
+            f"{fingerprint}. Use another --output, or the same settings to resume.")
+    return PlanMeta(**meta)
+
+
 def create_or_load_plan(output: str, keys: Iterable[str], fingerprint: dict, partition_size: int,
                         partitions_per_chunk: int, limit: int | None = None, dedupe: bool = False) -> PlanMeta:
     """Load the frozen plan of ``output`` if there is one (it must match
@@ -95,14 +109,10 @@ def create_or_load_plan(output: str, keys: Iterable[str], fingerprint: dict, par
     keys seen: memory grows with the manifest). Otherwise memory is bounded by
     one chunk. ``keys`` is not consumed when a plan exists.
     """
+    frozen = frozen_plan(output, fingerprint)
+    if frozen is not None:
+        return frozen
     meta_uri = storage.join(output, "_plan", "meta.json")
-    if storage.exists(meta_uri):
-        meta = json.loads(storage.read_bytes(meta_uri))
-        if meta["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"{storage.redact(output)} holds a run with other settings {meta['fingerprint']}; this run has "
-                f"{fingerprint}. Use another --output, or the same settings to resume.")
-        return PlanMeta(**meta)
     rows_per_chunk = partition_size * partitions_per_chunk
     seen: set[str] = set()
     chunk: list[str] = []
