@@ -41,6 +41,28 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=120)
 
 
+def _load(script: str):
+    """``ray_jobs/<script>`` as a module (registered, so its dataclasses resolve their module)."""
+    import importlib.util
+
+    name = f"entry_{script[:-3]}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "ray_jobs" / script)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def _in_process(capsys, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``ray_jobs/<script>``'s ``main(args)`` in this process (no interpreter start-up), as a
+    finished process; for the cases after each script's first, which runs as a subprocess."""
+    module = _load(script)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(list(args))
+    return subprocess.CompletedProcess(script, exit_info.value.code, "", capsys.readouterr().err)
+
+
 def _refused(proc: subprocess.CompletedProcess, script: str, *needles: str) -> str:
     """The process ended with exit 2 and one error line naming each needle; returns it."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
@@ -52,20 +74,20 @@ def _refused(proc: subprocess.CompletedProcess, script: str, *needles: str) -> s
     return line
 
 
-def test_pseudo_label_refuses_bad_settings_and_inputs(files):
+def test_pseudo_label_refuses_bad_settings_and_inputs(files, capsys):
     out = str(Path(files["dir"]) / "out")
     base = ["--output", out, "--input-size", "70"]
-    _refused(_run("pseudo_label.py", "--input", files["images"], "--checkpoint", files["tiny.pth"], "--encoder",
-                  "vitq", *base), "pseudo_label.py", "--encoder must be one of", "vitq")
     # the table's row: an empty input and a missing checkpoint was a "successful" job labelling nothing
     _refused(_run("pseudo_label.py", "--input", files["empty"], "--checkpoint", str(Path(files["dir"]) / "MISSING.pth"),
                   "--encoder", "tiny", *base), "pseudo_label.py", "MISSING.pth does not exist")
-    _refused(_run("pseudo_label.py", "--input", files["empty"], "--checkpoint", files["tiny.pth"], "--encoder",
-                  "tiny", *base), "pseudo_label.py", "holds no images to label")
-    _refused(_run("pseudo_label.py", "--input", files["images"], "--checkpoint", files["tiny.pth"], "--encoder",
-                  "vits", *base), "pseudo_label.py", "holds a tiny model, but --encoder is vits")
-    _refused(_run("pseudo_label.py", "--input", files["images"], "--checkpoint", files["garbage.pth"], "--encoder",
-                  "tiny", *base), "pseudo_label.py", "garbage.pth does not load as a checkpoint")
+    _refused(_in_process(capsys, "pseudo_label.py", "--input", files["images"], "--checkpoint", files["tiny.pth"],
+                         "--encoder", "vitq", *base), "pseudo_label.py", "--encoder must be one of", "vitq")
+    _refused(_in_process(capsys, "pseudo_label.py", "--input", files["empty"], "--checkpoint", files["tiny.pth"],
+                         "--encoder", "tiny", *base), "pseudo_label.py", "holds no images to label")
+    _refused(_in_process(capsys, "pseudo_label.py", "--input", files["images"], "--checkpoint", files["tiny.pth"],
+                         "--encoder", "vits", *base), "pseudo_label.py", "holds a tiny model, but --encoder is vits")
+    _refused(_in_process(capsys, "pseudo_label.py", "--input", files["images"], "--checkpoint", files["garbage.pth"],
+                         "--encoder", "tiny", *base), "pseudo_label.py", "garbage.pth does not load as a checkpoint")
     assert not Path(out).exists()  # nothing written for a refused run
 
 
@@ -96,15 +118,15 @@ def test_make_synthetic_refuses_a_negative_count(files):
              "make_synthetic.py", "--count must be >= 1, got -3")
 
 
-def test_predict_refuses_missing_checkpoint_and_empty_input(files):
+def test_predict_refuses_missing_checkpoint_and_empty_input(files, capsys):
     out = str(Path(files["dir"]) / "pred")
     _refused(_run("predict.py", "--checkpoint", str(Path(files["dir"]) / "MISSING.pth"), "--input", files["empty"],
                   "--encoder", "tiny", "--output", out), "predict.py", "--input", "holds no images")
-    _refused(_run("predict.py", "--checkpoint", str(Path(files["dir"]) / "MISSING.pth"), "--input", files["images"],
-                  "--encoder", "tiny", "--output", out), "predict.py", "MISSING.pth does not exist")
-    _refused(_run("predict.py", "--checkpoint", files["tiny.pth"], "--input", files["images"], "--encoder", "vitq",
-                  "--output", out), "predict.py", "--encoder must be one of")
+    _refused(_in_process(capsys, "predict.py", "--checkpoint", str(Path(files["dir"]) / "MISSING.pth"), "--input",
+                         files["images"], "--encoder", "tiny", "--output", out), "predict.py", "MISSING.pth does not exist")
+    _refused(_in_process(capsys, "predict.py", "--checkpoint", files["tiny.pth"], "--input", files["images"],
+                         "--encoder", "vitq", "--output", out), "predict.py", "--encoder must be one of")
     assert not Path(out).exists()
-    done = _run("predict.py", "--checkpoint", files["tiny.pth"], "--input", files["images"], "--encoder", "tiny",
-                "--input-size", "28", "--output", out)
-    assert done.returncode == 0 and (Path(out) / "a_depth.npy").exists(), done.stderr[-2000:]
+    _load("predict.py").main(["--checkpoint", files["tiny.pth"], "--input", files["images"], "--encoder", "tiny",
+                  "--input-size", "28", "--output", out])
+    assert (Path(out) / "a_depth.npy").exists()
