@@ -34,7 +34,7 @@ from depthlib.evaluation.protocol import Protocol, kitti_benchmark_crop, pairs_c
 from depthlib.evaluation.sources import FileReadError, Source, SourceError, read_locator
 from depthlib.evaluation.stages import ReadInputs, ScoreRows
 from depthlib.inference import predict_images
-from depthlib.models import build_model, export_released, load_released
+from depthlib.models import load_released
 from eval_fixtures import DA2K_SCENES, dpt_bytes, pack_tar, pack_zip, write_benchmarks
 
 OUTPUT_NAMES = ("report.json", "report.md", "config.json")
@@ -378,14 +378,6 @@ def test_oracle_from_archives_local_and_s3(ray_session, bench, storage_root, tmp
         report["datasets"]["kitti"]["errors"][0]["detail"]
     if storage_root.kind == "s3":
         assert storage_root.s3.secret_access_key not in json.dumps(report)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pth"
-    export_released(build_model("tiny"), path)
-    return str(path)
 
 
 def _direct_kitti(bench, key, model, size):

@@ -20,23 +20,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-import torch
 
 from depthlib import storage
-from depthlib.models import build_model, export_released
 from depthlib.pseudo_label import PseudoLabelConfig, run_pseudo_label
 from depthlib.pseudo_label.stages import PASSES_PER_CALL, LabelActor, model_stage_args
 from depthlib.pseudo_label.stand_in import stand_in_actor
 
 SIZE = 70
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("gpu_teacher") / "tiny.pth"
-    export_released(build_model("tiny"), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +57,11 @@ def _keys(uri: str) -> list[str]:
     return pads.dataset(uri, format="parquet").to_table(columns=["key"]).column("key").to_pylist()
 
 
-def test_the_labelling_job_asks_for_a_gpu_and_gets_it(ray_session, tmp_path, tiny_teacher, bucket):
+def test_the_labelling_job_asks_for_a_gpu_and_gets_it(ray_session, tmp_path, tiny_checkpoint, bucket):
     import ray
 
     assert ray.cluster_resources().get("GPU") == 1
-    config = PseudoLabelConfig(input=bucket, output=str(tmp_path / "out"), checkpoint=tiny_teacher, encoder="tiny",
+    config = PseudoLabelConfig(input=bucket, output=str(tmp_path / "out"), checkpoint=tiny_checkpoint, encoder="tiny",
                                input_size=SIZE, batch_size=4, partition_size=8, keys_per_task=3, samples=0)
     args = model_stage_args(config, {})
     assert args["num_gpus"] == 1 and args["num_cpus"] == 1  # the default on a cluster with GPUs
@@ -84,7 +74,7 @@ def test_the_labelling_job_asks_for_a_gpu_and_gets_it(ray_session, tmp_path, tin
         p.name for p in Path(bucket).iterdir())
 
 
-def test_pipeline_gpu_vitl_plan_labels_and_evaluates_with_gpu_actors(ray_session, tmp_path, tiny_teacher, bucket):
+def test_pipeline_gpu_vitl_plan_labels_and_evaluates_with_gpu_actors(ray_session, tmp_path, tiny_checkpoint, bucket):
     """The ``gpu_vitl`` preset's labelling and evaluation stages, as planned (GPU actors, batch
     sizes 32 and 8, partitions of 256), with a tiny model at 70 px on a small bucket and
     held-out set, and pools of one actor: this cluster has one GPU, the plan's fixed pools of
@@ -99,7 +89,7 @@ def test_pipeline_gpu_vitl_plan_labels_and_evaluates_with_gpu_actors(ray_session
     assert isinstance(label, PseudoLabelConfig)
     assert (label.batch_size, label.min_actors, label.max_actors, label.partition_size) == (32, 8, 8, 256)
     assert label.gpus_per_actor is None  # a GPU each, from the cluster
-    tiny = dict(checkpoint=tiny_teacher, encoder="tiny", input_size=SIZE, min_actors=1, max_actors=1)
+    tiny = dict(checkpoint=tiny_checkpoint, encoder="tiny", input_size=SIZE, min_actors=1, max_actors=1)
     summary = run_pseudo_label(dataclasses.replace(label, **tiny), log=lambda *_: None)
     assert summary["labelled"] == 24 and summary["skipped"] == 0
 

@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-import torch
 from PIL import Image
 
 from depthlib import shards, storage
 from depthlib.images import decode_image
 from depthlib.inference import run_batch
 from depthlib.label_codec import label_info
-from depthlib.models import build_model, export_released, load_released
+from depthlib.models import load_released
 from depthlib.pseudo_label import DecodePartition, PseudoLabelConfig, run_pseudo_label
 from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.stages import model_input, pixels_to_model
@@ -89,11 +88,9 @@ def make_bucket() -> tuple[dict[str, bytes], dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "tiny.pth"
-    export_released(build_model("tiny"), path)
-    return str(path)
+def teacher(tiny_checkpoint) -> str:
+    """The tiny teacher every test here labels with (the session's ``tiny_checkpoint``)."""
+    return tiny_checkpoint
 
 
 def _upload(root: str, objects: dict[str, bytes]) -> str:
