@@ -52,6 +52,63 @@ def test_end_group_covers_the_rows_needed_plus_a_spare_epoch():
     assert sum(plan.group_rows(g) for g in range(start, end) if not held.is_done(g)) >= 100 + plan.rows_per_epoch
 
 
+def _two_sources() -> ShardIndex:
+    # source 0: 2 files, 4 items of 5 rows (20 rows); source 1: 1 file, 10 items of 2 rows (20 rows)
+    return ShardIndex(("a", "b", "c"), ((5, 5), (5, 5), (2,) * 10), sources=(0, 0, 1))
+
+
+def _epoch_items(plan: GroupPlan, epoch: int) -> list[int]:
+    g = plan.groups_per_epoch
+    return np.concatenate([plan.group_items(epoch * g + pos) for pos in range(g)]).tolist()
+
+
+def test_mixture_fills_each_sources_share_of_the_rows():
+    idx = _two_sources()
+    assert ShardIndex.from_dict(idx.to_dict()) == idx
+    # weights 1:3 of 40 rows per epoch: source 0 fills 10 rows = 2 of its 5-row items,
+    # source 1 fills 30 rows = 15 of its 2-row items (all 10, then 5 of its next pass)
+    plan = GroupPlan(idx, seed=1, rows_per_group=10, weights=(1.0, 3.0))
+    assert plan.quotas.tolist() == [2, 15]
+    for epoch in range(4):
+        items = _epoch_items(plan, epoch)
+        rows = plan.rows_of[items]
+        assert len(items) == 17 and rows.sum() == 40
+        assert sum(r for i, r in zip(items, rows) if i < 4) == 10  # items 0..3 are source 0's
+    shares = plan.source_shares()
+    assert [s["row_share"] for s in shares] == [0.25, 0.75] and shares[1]["passes_per_epoch"] == 1.5
+    # source 0 (4 items, 2 per epoch) is walked through whole before any item repeats
+    seen = [i for e in range(4) for i in _epoch_items(plan, e) if i < 4]
+    assert sorted(seen[:4]) == [0, 1, 2, 3] and sorted(seen[4:]) == [0, 1, 2, 3]
+    # source 1's stream: epoch 0 takes one whole pass plus 5, epoch 1 the rest of pass 2 plus pass 3
+    first = np.bincount([i - 4 for i in _epoch_items(plan, 0) if i >= 4], minlength=10)
+    assert sorted(first.tolist()) == [1] * 5 + [2] * 5
+    both = np.bincount([i - 4 for e in range(2) for i in _epoch_items(plan, e) if i >= 4], minlength=10)
+    assert both.tolist() == [3] * 10
+    # reproducible, and a weight of 0 leaves a source out
+    again = GroupPlan(idx, seed=1, rows_per_group=10, weights=(1.0, 3.0))
+    assert [_epoch_items(again, e) for e in range(3)] == [_epoch_items(plan, e) for e in range(3)]
+    only0 = GroupPlan(idx, seed=1, rows_per_group=10, weights=(1.0, 0.0))
+    assert set(_epoch_items(only0, 0)) <= {0, 1, 2, 3} and only0.quotas.tolist() == [8, 0]
+
+
+def test_mixture_end_group_and_resume_counting_hold():
+    plan = GroupPlan(_two_sources(), seed=2, rows_per_group=6, weights=(5.0, 1.0))
+    end = plan.end_group(DataPosition(3), rows_needed=200)
+    assert sum(plan.group_rows(g) for g in range(3, end)) >= 200 + plan.rows_per_epoch
+    ledger = ConsumptionLedger(DataPosition())
+    for g in range(4):
+        ledger.consume([g] * plan.group_rows(g))
+    assert ledger.merge([ledger.counts], plan.group_rows) == DataPosition(4)
+
+
+def test_mixture_refuses_bad_weights():
+    with pytest.raises(ValueError, match="positive sum"):
+        GroupPlan(_two_sources(), seed=0, rows_per_group=8, weights=(0.0, 0.0))
+    empty = ShardIndex(("a", "b"), ((5,), (0,)), sources=(0, 1))
+    with pytest.raises(ValueError, match="source 1 .* has no rows"):
+        GroupPlan(empty, seed=0, rows_per_group=8, weights=(1.0, 1.0))
+
+
 def test_position_is_done_and_round_trip():
     p = DataPosition(5, frozenset({7, 9}))
     assert [g for g in range(11) if p.is_done(g)] == [0, 1, 2, 3, 4, 7, 9]
@@ -131,3 +188,39 @@ def test_rebatch_passes_full_batches_and_refills_after_drops():
     out = list(rebatch(_batches([[0, 1, 2], [3, 4, 5], [6, 7, 8]]), 3, lambda b: b["group"] % 2 == 0))
     assert [b["group"].tolist() for b in out] == [[0, 2, 4], [6, 8]][:1]  # the incomplete tail is held back
     assert [b["x"].tolist() for b in out] == [[0, 20, 40]]
+
+
+def _write_shards(prefix, n_files: int, rows: int) -> None:
+    import io
+
+    from PIL import Image
+
+    from depthlib import shards
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6)).save(buf, format="PNG")
+    for f in range(n_files):
+        shards.write_shard([shards.make_row(f"{prefix.name}/{f}/{i}", buf.getvalue(), "png",
+                                            np.full((6, 8), 2.0, np.float32), depth_type="metric_depth",
+                                            kind="synthetic") for i in range(rows)],
+                           str(prefix / f"part-{f}.parquet"))
+
+
+def test_weighted_data_sources_index_and_config(tmp_path):
+    from depthlib.training.config import TrainConfig
+    from depthlib.training.data import build_shard_index
+
+    _write_shards(tmp_path / "hypersim", 2, 3)
+    _write_shards(tmp_path / "vkitti", 1, 5)
+    cfg = TrainConfig(stage="teacher", output=str(tmp_path / "run"),
+                      data=[f"{tmp_path / 'hypersim'}:1", f"{tmp_path / 'vkitti'}:3"])
+    assert cfg.data_weights() == (1.0, 3.0) and cfg.data_uris()[1] == str(tmp_path / "vkitti")
+    index = build_shard_index(cfg.data)
+    assert index.n_rows == 11 and sorted(index.sources) == [0, 0, 1]
+    plan = GroupPlan(index, seed=0, rows_per_group=4, weights=cfg.data_weights())
+    assert [s["row_share"] for s in plan.source_shares()] == pytest.approx([0.25, 0.75], abs=0.1)
+    assert TrainConfig(stage="teacher", output="o", data=[str(tmp_path / "vkitti")]).data_weights() is None
+    with pytest.raises(ValueError, match="every source or to none"):
+        TrainConfig(stage="teacher", output="o", data=[f"{tmp_path / 'hypersim'}:1", str(tmp_path / "vkitti")])
+    with pytest.raises(ValueError, match="under two weighted"):
+        build_shard_index([f"{tmp_path}:1", f"{tmp_path / 'vkitti'}:1"])

@@ -31,7 +31,10 @@ class TrainConfig:
     stage: Literal["teacher", "student", "metric"] = field(metadata={
         "help": "teacher: synthetic depth -> disparity (ssi+gm); student: pseudo-label shards "
                 "(trimmed ssi+gm, feature alignment); metric: metric depth (SiLog)"})
-    data: list[str] = field(metadata={"help": "training shards: a prefix (all .parquet under it) or a file; repeatable"})
+    data: list[str] = field(metadata={
+        "help": "training shards: a prefix (all .parquet under it) or a file, optionally URI:WEIGHT; "
+                "repeatable. Weights (all sources or none) set each source's share of the rows sampled; "
+                "without them every row is visited once per epoch (proportional to size)"})
     output: str = field(metadata={"help": "run directory (local or s3://): config.json, metrics.jsonl, checkpoints, "
                                           "model.pth, curves.png, samples/; re-running the same command resumes"})
     val_data: Optional[str] = field(default=None, metadata={
@@ -131,6 +134,7 @@ class TrainConfig:
         self.data = list(self.data)
         if not self.data:
             raise ValueError("--data needs at least one URI")
+        self.data_weights()
         if self.crop % PATCH_SIZE or self.crop < PATCH_SIZE:
             raise ValueError(f"--crop must be a positive multiple of {PATCH_SIZE}, got {self.crop}")
         for name in ("workers", "steps", "batch_size", "grad_accum", "val_every", "checkpoint_every",
@@ -156,6 +160,21 @@ class TrainConfig:
         if self.fsdp and self.workers < 2:
             raise ValueError("--fsdp shards over workers: use --workers 2 or more")
 
+    def data_uris(self) -> list[str]:
+        """The ``--data`` URIs without their weights."""
+        return [split_data_weight(item)[0] for item in self.data]
+
+    def data_weights(self) -> tuple[float, ...] | None:
+        """One sampling weight per ``--data`` source, or None (sample by size)."""
+        weights = [split_data_weight(item)[1] for item in self.data]
+        if all(w is None for w in weights):
+            return None
+        if any(w is None for w in weights):
+            raise ValueError(f"--data: give a weight to every source or to none, got {self.data}")
+        if not sum(weights) > 0:
+            raise ValueError(f"--data: the weights must have a positive sum, got {self.data}")
+        return tuple(weights)
+
     @property
     def metric(self) -> bool:
         """The stage trains the metric head (sigmoid x max_depth, metres)."""
@@ -167,6 +186,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def split_data_weight(item: str) -> tuple[str, float | None]:
+    """``"s3://b/hypersim:2.5"`` -> ``("s3://b/hypersim", 2.5)``; no ``:NUMBER``
+    suffix -> ``(item, None)``. A weight must be a finite number >= 0."""
+    uri, sep, tail = item.rpartition(":")
+    if not sep or not uri or "/" in tail:  # no suffix, or the scheme's colon (s3://...)
+        return item, None
+    try:
+        weight = float(tail)
+    except ValueError:
+        return item, None
+    if not (weight >= 0 and weight < float("inf")):
+        raise ValueError(f"--data {item!r}: the weight must be a finite number >= 0")
+    return uri, weight
 
 
 # Settings a resumed run may change; anything else must match the run's config.json.

@@ -64,15 +64,28 @@ def _row_groups(uri: str) -> tuple[str, tuple[int, ...] | None, str]:
 
 
 def build_shard_index(data: list[str], threads: int = 16) -> ShardIndex:
-    """List the shards under each URI of ``data`` and read their footers (in
-    parallel). Files that are not readable shards are recorded in
-    ``skipped``; no readable row at all is an error."""
-    files = sorted({f for uri in data for f in _shard_files(uri)})
+    """List the shards under each URI of ``data`` (``URI`` or ``URI:WEIGHT``)
+    and read their footers (in parallel). Files that are not readable shards
+    are recorded in ``skipped``; no readable row at all is an error. Each file
+    records the source it was listed from; with weights, a file under two
+    sources is an error (its share would be ambiguous)."""
+    from depthlib.training.config import split_data_weight
+
+    split = [split_data_weight(item) for item in data]
+    source_of: dict[str, int] = {}
+    for s, (uri, weight) in enumerate(split):
+        for f in _shard_files(uri):
+            if f in source_of and source_of[f] != s and weight is not None:
+                raise ValueError(f"{storage.redact(f)} is under two weighted --data sources "
+                                 f"({storage.redact(split[source_of[f]][0])} and {storage.redact(uri)})")
+            source_of.setdefault(f, s)
+    files = sorted(source_of)
     with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
         results = list(pool.map(_row_groups, files))
     good = [(u, rg) for u, rg, _ in results if rg is not None]
     skipped = tuple({"file": storage.redact(u), "reason": why} for u, rg, why in results if rg is None)
-    index = ShardIndex(tuple(u for u, _ in good), tuple(rg for _, rg in good), skipped)
+    index = ShardIndex(tuple(u for u, _ in good), tuple(rg for _, rg in good), skipped,
+                       tuple(source_of[u] for u, _ in good))
     if index.n_rows == 0:
         raise ValueError(f"no readable rows in {storage.redact(data)}: "
                          f"{len(files)} files, skipped: {list(skipped)[:5]}")

@@ -203,7 +203,12 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
             f"{json.dumps(finished.get('final', {}), sort_keys=True)}")
         return finished
 
-    plan = GroupPlan(index, cfg.seed, cfg.rows_per_group)
+    plan = GroupPlan(index, cfg.seed, cfg.rows_per_group, cfg.data_weights())
+    if plan.weights is not None:
+        log("[train] data mix: " + "; ".join(
+            f"{storage.redact(cfg.data_uris()[s['source']])}: {s['row_share']:.0%} of the rows "
+            f"({s['passes_per_epoch']:g} passes over its {s['items']} row groups per epoch)"
+            for s in plan.source_shares()))
     stage = STAGES[cfg.stage]
     spec = ExampleSpec(target=stage.target, crop=cfg.crop, flip=cfg.flip, color_jitter=cfg.color_jitter,
                        blur=cfg.blur, cutmix=cfg.cutmix, min_depth=cfg.min_depth, max_depth=cfg.max_depth)

@@ -36,15 +36,23 @@ class ShardIndex:
     """The training data: files and the row count of each of their row groups.
 
     ``skipped`` lists files that could not be read as shards, with a reason.
+    ``sources`` gives, per file, the index of the ``--data`` source it was
+    listed from (empty: one source).
     """
 
     files: tuple[str, ...]
     row_groups: tuple[tuple[int, ...], ...]  # per file, rows per row group
     skipped: tuple[dict, ...] = ()
+    sources: tuple[int, ...] = ()
 
     def __post_init__(self):
         if len(self.files) != len(self.row_groups):
             raise ValueError("one row-group list per file")
+        if self.sources and len(self.sources) != len(self.files):
+            raise ValueError("one source per file")
+
+    def source_of_file(self, i: int) -> int:
+        return self.sources[i] if self.sources else 0
 
     @property
     def n_rows(self) -> int:
@@ -63,35 +71,95 @@ class ShardIndex:
 
     def to_dict(self) -> dict:
         return {"files": list(self.files), "row_groups": [list(g) for g in self.row_groups],
-                "skipped": list(self.skipped)}
+                "skipped": list(self.skipped), "sources": list(self.sources)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ShardIndex":
         return cls(tuple(d["files"]), tuple(tuple(int(x) for x in g) for g in d["row_groups"]),
-                   tuple(d.get("skipped", ())))
+                   tuple(d.get("skipped", ())), tuple(int(x) for x in d.get("sources", ())))
 
 
 class GroupPlan:
-    """The epoch orders and groups of a :class:`ShardIndex` (see the module docstring)."""
+    """The epoch orders and groups of a :class:`ShardIndex` (see the module docstring).
 
-    def __init__(self, index: ShardIndex, seed: int, rows_per_group: int):
+    ``weights``: one sampling weight per data source (``index.sources``), or
+    None to visit every item once per epoch.
+    """
+
+    def __init__(self, index: ShardIndex, seed: int, rows_per_group: int,
+                 weights: tuple[float, ...] | None = None):
         self.index = index
         self.seed = int(seed)
         self.file_of, self.row_group_of, self.rows_of = index.items()
         self.n_items = len(self.rows_of)
         if self.n_items == 0:
             raise ValueError("the training data has no rows")
+        self.weights = None if weights is None else tuple(float(w) for w in weights)
+        if self.weights is None:
+            self.source_items: list[np.ndarray] = [np.arange(self.n_items)]
+            self.quotas = np.asarray([self.n_items])
+            self.rows_per_epoch = int(self.rows_of.sum())
+        else:
+            self.source_items, self.quotas = self._mixture_quotas()
+            # A lower bound on an epoch's rows (items of a source differ in size).
+            self.rows_per_epoch = int(sum(q * self.rows_of[items].min()
+                                          for items, q in zip(self.source_items, self.quotas) if q > 0))
+        items_per_epoch = int(self.quotas.sum())
         mean_rows = float(self.rows_of.mean())
-        self.items_per_group = max(1, min(self.n_items, round(rows_per_group / mean_rows)))
-        self.groups_per_epoch = math.ceil(self.n_items / self.items_per_group)
-        self.rows_per_epoch = int(self.rows_of.sum())
+        self.items_per_group = max(1, min(items_per_epoch, round(rows_per_group / mean_rows)))
+        self.groups_per_epoch = math.ceil(items_per_epoch / self.items_per_group)
         self._orders: dict[int, np.ndarray] = {}
 
+    def _mixture_quotas(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per source: its item indices and how many of them an epoch takes."""
+        n_sources = len(self.weights)
+        source = np.asarray([self.index.source_of_file(int(f)) for f in self.file_of], np.int64)
+        if any(w < 0 for w in self.weights) or not sum(self.weights) > 0:
+            raise ValueError(f"data weights must be >= 0 with a positive sum, got {self.weights}")
+        items = [np.flatnonzero(source == s) for s in range(n_sources)]
+        total_rows = float(self.rows_of.sum())
+        quotas = []
+        for s, (w, its) in enumerate(zip(self.weights, items)):
+            if w > 0 and not len(its):
+                raise ValueError(f"data source {s} (weight {w:g}) has no rows")
+            share = w / sum(self.weights) * total_rows
+            quotas.append(0 if w == 0 else max(1, round(share / float(self.rows_of[its].mean()))))
+        return items, np.asarray(quotas, np.int64)
+
+    def source_shares(self) -> list[dict]:
+        """Per source: items and about which share of an epoch's rows it fills,
+        and how many passes over it an epoch makes."""
+        rows = [float(self.rows_of[items].mean()) * q if len(items) else 0.0
+                for items, q in zip(self.source_items, self.quotas)]
+        return [{"source": s, "items": int(len(items)), "items_per_epoch": int(q),
+                 "row_share": round(r / max(sum(rows), 1e-9), 4),
+                 "passes_per_epoch": round(int(q) / max(len(items), 1), 4)}
+                for s, (items, q, r) in enumerate(zip(self.source_items, self.quotas, rows))]
+
+    def _source_stream(self, s: int, start: int, count: int) -> np.ndarray:
+        """Items ``start .. start + count`` of source ``s``'s endless stream of
+        permutations (cycle ``c`` seeded by ``(seed, s, c)``)."""
+        items = self.source_items[s]
+        n = len(items)
+        out = []
+        for c in range(start // n, (start + count - 1) // n + 1):
+            perm = items[np.random.default_rng([self.seed, 1000 + s, c]).permutation(n)]
+            lo, hi = max(start - c * n, 0), min(start + count - c * n, n)
+            out.append(perm[lo:hi])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The permutation of item indices visited in ``epoch``."""
+        """The item indices visited in ``epoch``, in order (a permutation of all
+        items without weights; a mixture's picks, shuffled, with them)."""
         order = self._orders.get(epoch)
         if order is None:
-            order = np.random.default_rng([self.seed, int(epoch)]).permutation(self.n_items)
+            rng = np.random.default_rng([self.seed, int(epoch)])
+            if self.weights is None:
+                order = rng.permutation(self.n_items)
+            else:
+                picks = np.concatenate([self._source_stream(s, int(epoch) * int(q), int(q))
+                                        for s, q in enumerate(self.quotas) if q > 0])
+                order = picks[rng.permutation(len(picks))]
             if len(self._orders) > 4:
                 self._orders.clear()
             self._orders[epoch] = order
