@@ -61,7 +61,8 @@ class PipelineConfig:
 
     # Data.
     synthetic_data: list[str] = field(default_factory=list, metadata={
-        "help": "teacher training shards (image + metric depth) to use instead of rendering procedural scenes"})
+        "help": "teacher training shards to use instead of rendering procedural scenes, e.g. the "
+                "ray_jobs/import_dataset.py outputs (URI/shards), each optionally URI:WEIGHT (see train.py --data)"})
     synthetic_count: int = field(default=100_000, metadata={"help": "procedural training scenes to render"})
     synthetic_size: str = field(default="518x518", metadata={"help": "HxW of the rendered training scenes"})
     heldout_count: int = field(default=500, metadata={
@@ -100,7 +101,8 @@ class PipelineConfig:
         "help": "encoder of the student the metric model is fine-tuned from (the paper fine-tunes its "
                 "students); default: the first student"})
     metric_data: list[str] = field(default_factory=list, metadata={
-        "help": "metric-depth shards for the fine-tune (e.g. Hypersim, Virtual KITTI 2); without them "
+        "help": "metric-depth shards for the fine-tune (e.g. imported Hypersim or Virtual KITTI 2, with "
+                "--metric-max-depth 20 or 80); without them "
                 "--metric-count street scenes are rendered (one driving camera rig, so metric scale is in the image)"})
     metric_count: int = field(default=20_000, metadata={
         "help": "street scenes rendered for the metric fine-tune when --metric-data is not given"})
