@@ -21,6 +21,10 @@ What is stored (and why) -- measured in ``benchmarks/label_codec.py``:
      decoded within relative error ``tol`` (default ``1e-3``) over any range
      (float32's whole normal range fits). Values ``<= 0`` (invalid, no data)
      decode to exactly 0.
+   * ``"depth_up_to_scale"`` (depth in unknown units, e.g. BlendedMVS's
+     reconstruction units): the same log grid as metric depth, under its own
+     quantiser id, so the header itself says the values are NOT metres and
+     no metric reader can take them for metres.
 
    The ``2**-21`` margins absorb float32 rounding in encoding and decoding,
    so the bounds hold for the returned ``float32`` values as they are. Values
@@ -67,16 +71,16 @@ __all__ = ["encode_label", "decode_label", "label_info", "is_label_blob", "Label
 
 MAGIC = b"DLBL"
 BLOB_VERSION = 1
-LABEL_KINDS = ("disparity", "metric_depth")
-DEFAULT_TOLERANCE = {"disparity": 1e-4, "metric_depth": 1e-3}
+LABEL_KINDS = ("disparity", "metric_depth", "depth_up_to_scale")
+DEFAULT_TOLERANCE = {"disparity": 1e-4, "metric_depth": 1e-3, "depth_up_to_scale": 1e-3}
 MIN_TOLERANCE, MAX_TOLERANCE = 1e-6, 0.1
 PREDICTORS = ("left", "up", "grad")
 # Labels must stay below this in magnitude: a decoded value may exceed the
 # input by up to the tolerance, and must still be a finite float32.
 MAX_VALUE = 1e38
 
-_LINEAR, _LOG = 1, 2
-_QUANTISER = {"disparity": _LINEAR, "metric_depth": _LOG}
+_LINEAR, _LOG, _LOG_UNSCALED = 1, 2, 3  # _LOG_UNSCALED: the log grid, for depth without units
+_QUANTISER = {"disparity": _LINEAR, "metric_depth": _LOG, "depth_up_to_scale": _LOG_UNSCALED}
 _KIND_OF = {v: k for k, v in _QUANTISER.items()}
 _PRED_ID = {p: i + 1 for i, p in enumerate(PREDICTORS)}
 _PRED_OF = {v: k for k, v in _PRED_ID.items()}
@@ -100,7 +104,7 @@ class LabelInfo:
     """What a blob's header says (no decompression)."""
 
     kind: str
-    """``"disparity"`` (linear grid) or ``"metric_depth"`` (log grid)."""
+    """``"disparity"`` (linear grid), ``"metric_depth"`` or ``"depth_up_to_scale"`` (log grid)."""
     height: int
     width: int
     tolerance: float
@@ -121,7 +125,7 @@ class LabelInfo:
     @property
     def lo(self) -> float:
         """Smallest decoded value (metric: smallest positive; 0.0 if none), as decoded."""
-        if self.kind == "metric_depth":
+        if self.kind != "disparity":  # log grids: code 0 is exact zero
             return self._decoded(1) if self.max_code > 0 else 0.0
         return self._decoded(0)
 
@@ -352,7 +356,8 @@ def encode_label(label: np.ndarray, kind: str, tolerance: float | None = None, *
     ``kind``: ``"disparity"`` (linear grid; decoded values within
     ``tolerance * max|label|`` of the input, default ``1e-4``) or
     ``"metric_depth"`` (metres; log grid; every positive value within
-    relative error ``tolerance``, default ``1e-3``; values <= 0 become 0).
+    relative error ``tolerance``, default ``1e-3``; values <= 0 become 0) or
+    ``"depth_up_to_scale"`` (depth in unknown units: metric's grid and bounds).
     ``tolerance`` must lie in [1e-6, 0.1]. ``predictor`` forces one of
     :data:`PREDICTORS` (default: chosen per map); ``level`` is zstd's.
 

@@ -13,8 +13,11 @@ image_format    string     ``"png"``, ``"jpeg"``, ... (lower case, PIL's name)
 depth           binary     the label map: version 2, a
                            :mod:`depthlib.label_codec` blob; version 1,
                            :func:`encode_depth` (raw log-uint16 codes)
-depth_type      string     ``"disparity"`` (relative, affine-invariant) or
-                           ``"metric_depth"`` (metres)
+depth_type      string     ``"disparity"`` (relative, affine-invariant),
+                           ``"metric_depth"`` (metres) or
+                           ``"depth_up_to_scale"`` (depth in unknown units,
+                           e.g. BlendedMVS: relative stages only; every
+                           metric reader refuses it)
 depth_lo/hi     float32    v2: smallest and largest decoded value (metric:
                            smallest positive), for filtering without
                            decoding; v1: the encoding range of ``depth``
@@ -68,7 +71,7 @@ READABLE_VERSIONS = (1, 2)
 """The versions readers accept."""
 VERSION_KEY = b"depthlib.shard_version"
 
-DEPTH_TYPES = ("disparity", "metric_depth")
+DEPTH_TYPES = ("disparity", "metric_depth", "depth_up_to_scale")
 KINDS = ("synthetic", "pseudo", "metric")
 
 # Version 1 encoding: ln(hi / lo) is capped at this, which bounds the
@@ -220,10 +223,10 @@ def make_row(key: str, image_bytes: bytes, image_format: str | None, depth: np.n
              tolerance: float | None = None) -> dict[str, Any]:
     """Build one shard row (a dict in :data:`SHARD_SCHEMA`'s column order).
 
-    ``depth`` is the HxW label map (metres or disparity, see ``depth_type``),
-    encoded with :func:`encode_label` (version 2): a disparity label within
-    ``tolerance * max|depth|`` (default 1e-4), metric depth within relative
-    ``tolerance`` (default 1e-3). ``valid`` an optional HxW bool mask.
+    ``depth`` is the HxW label map (metres, disparity or depth up to scale, see
+    ``depth_type``), encoded with :func:`encode_label` (version 2): a
+    disparity label within ``tolerance * max|depth|`` (default 1e-4), metric
+    depth and depth up to scale within relative ``tolerance`` (default 1e-3). ``valid`` an optional HxW bool mask.
     Pixels outside ``valid`` are stored as 0 (so they may hold NaN; they do
     not count towards ``max|depth|``); a mask that is all True is stored as
     null.

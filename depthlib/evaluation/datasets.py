@@ -368,7 +368,8 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
     if not samples:
         if n_disparity:
             raise DatasetError(
-                f"shards under {where} hold only relative labels (depth_type 'disparity', e.g. pseudo labels): "
+                f"shards under {where} hold only relative labels (depth_type 'disparity', e.g. pseudo labels, "
+                f"or 'depth_up_to_scale', e.g. BlendedMVS, whose units are not metres): "
                 f"depth metrics need metric ground truth; evaluate shards with depth_type 'metric_depth' "
                 f"(synthetic or metric shards)")
         raise DatasetError(f"shards: no rows under {where}" + (" match the split list" if wanted else ""))

@@ -6,7 +6,13 @@ seed it per group, so augmentation is reproducible). An example is
 * ``image``: ``3 x C x C`` uint8 RGB (normalised on the device, 4x less traffic);
 * ``target``: ``C x C`` float32: DISPARITY for relative stages (``1/depth`` of
   synthetic ground truth, or the teacher's pseudo label as stored), DEPTH in
-  metres for the metric stage; 0 where invalid;
+  metres for the metric stage; 0 where invalid. Which conversion a row gets
+  depends on its shard ``depth_type`` (:func:`target_and_mask`): depth
+  (``metric_depth``, or ``depth_up_to_scale`` such as BlendedMVS) becomes
+  ``1/depth`` for the relative stages; a ``disparity`` label (a pseudo label,
+  or IRS's stereo disparity ``f * B / depth``) is used as it is, since the
+  relative loss is affine-invariant; only ``metric_depth`` rows can feed the
+  metric stage (anything else is refused, never taken for metres);
 * ``mask``: ``C x C`` bool, True where the target counts;
 * ``region``: ``C x C`` uint8, 1 inside a CutMix box (the loss aligns each
   region to its own label, since two pseudo labels have different scales).
@@ -70,9 +76,42 @@ def shorter_side_size(height: int, width: int, side: int) -> tuple[int, int]:
     return (side, max(side, round(width * scale))) if height <= width else (max(side, round(height * scale)), side)
 
 
-def target_and_mask(label: np.ndarray, valid: np.ndarray, spec: ExampleSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The stage's target (see the module docstring) and where it is valid."""
+# What each stage target accepts, by shard depth_type: "depth" = 1/label, "as_is" = the label.
+_CONVERSION = {
+    "inverse_depth": {"metric_depth": "depth", "depth_up_to_scale": "depth", "disparity": "as_is"},
+    "disparity": {"disparity": "as_is", "metric_depth": "depth", "depth_up_to_scale": "depth"},
+    "metric_depth": {"metric_depth": "as_is"},
+}
+
+
+def check_depth_type(depth_type: str, target: str) -> str:
+    """How a ``depth_type`` label becomes the ``target`` (``"depth"``: invert it,
+    ``"as_is"``); ``ValueError`` when the stage cannot use it (the metric stage
+    refuses disparity and depth up to scale: their values are not metres)."""
+    how = _CONVERSION.get(target, {}).get(depth_type)
+    if how is None:
+        raise ValueError(f"a {depth_type!r} label cannot be a {target!r} target"
+                         + (" (its values are not metres)" if target == "metric_depth" else ""))
+    return how
+
+
+def target_and_mask(label: np.ndarray, valid: np.ndarray, spec: ExampleSpec,
+                    depth_type: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The stage's target (see the module docstring) and where it is valid.
+
+    ``depth_type``: the row's shard ``depth_type``; with it, the label is
+    converted as :func:`check_depth_type` says (``ValueError`` if the stage
+    cannot use it). ``None`` keeps the stage's own assumption (depth for the
+    teacher and metric stages, disparity for the student)."""
     finite = np.isfinite(label)
+    if depth_type is not None:
+        how = check_depth_type(depth_type, spec.target)
+        if spec.target != "metric_depth":
+            if how == "as_is":
+                mask = valid & finite
+                return np.where(mask, label, 0.0).astype(np.float32), mask
+            mask = valid & finite & (label > 0)
+            return np.where(mask, 1.0 / np.where(mask, label, 1.0), 0.0).astype(np.float32), mask
     if spec.target == "inverse_depth":
         mask = valid & finite & (label > 0)
         return np.where(mask, 1.0 / np.where(mask, label, 1.0), 0.0).astype(np.float32), mask
@@ -105,17 +144,19 @@ def _blur(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def make_example(image: np.ndarray, label: np.ndarray, valid: np.ndarray, spec: ExampleSpec,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+                 rng: np.random.Generator, depth_type: str | None = None) -> dict[str, np.ndarray]:
     """One training example from a decoded row.
 
     Args:
         image: ``H x W x 3`` uint8 RGB as decoded (EXIF applied).
         label: ``h x w`` float32 label map (metres or disparity, per ``spec.target``).
         valid: ``h x w`` bool.
+        depth_type: the row's shard ``depth_type`` (see :func:`target_and_mask`);
+            pass it whenever shards of several kinds may be mixed.
     """
     label_hw = label.shape
     image = _resize_image(image, label_hw)
-    target, mask = target_and_mask(label, valid, spec)
+    target, mask = target_and_mask(label, valid, spec, depth_type)
     size = shorter_side_size(*label_hw, spec.crop)
     image = _resize_image(image, size)
     target, mask = _resize_nearest(target, size), _resize_nearest(mask, size)
