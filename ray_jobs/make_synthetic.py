@@ -11,7 +11,7 @@ or through ``ray job submit --working-dir . -- python ray_jobs/make_synthetic.py
 Joins the cluster in ``RAY_ADDRESS`` (set by ``ray job submit``) or starts a
 local one. Re-run the same command to resume: finished tasks are skipped.
 The work is in ``depthlib/synthetic_job.py``; the renderer in
-``depthlib/synthetic.py``.
+``depthlib/synthetic/``.
 """
 
 from __future__ import annotations
