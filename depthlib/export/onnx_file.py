@@ -46,9 +46,10 @@ def _cubic_weights(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=-1)
 
 
-def bicubic_matrix(out_size: torch.Tensor, in_size: int, scale: torch.Tensor) -> torch.Tensor:
+def bicubic_matrix(out_size, in_size: int, scale: torch.Tensor) -> torch.Tensor:
     """``out x in`` matrix of ``F.interpolate(mode="bicubic", align_corners=False)`` along one axis
-    with output coordinate ``(i + 0.5) / scale - 0.5`` and edge-clamped taps, as PyTorch computes it."""
+    with output coordinate ``(i + 0.5) / scale - 0.5`` and edge-clamped taps, as PyTorch computes it.
+    ``out_size`` may be a symbolic size (torch.export), ``scale`` a 0-d tensor."""
     dst = torch.arange(out_size, dtype=torch.float32)
     src = (dst + 0.5) / scale - 0.5
     base = torch.floor(src)
@@ -65,20 +66,22 @@ class TraceableDepthAnything(nn.Module):
         super().__init__()
         self.model = model
 
-    def _pos_embed(self, grid_h: torch.Tensor, grid_w: torch.Tensor) -> torch.Tensor:
+    def _pos_embed(self, grid_h, grid_w) -> torch.Tensor:
         enc = self.model.pretrained
         pe = enc.pos_embed.float()
         n = pe.shape[1] - 1
         side = int(round(n ** 0.5))
         dim = pe.shape[-1]
+        # The grid sizes as 0-d tensors taken from aranges (not torch.tensor(SymInt), which
+        # torch.export turns into data-dependent sizes).
+        gh = torch.arange(grid_h, dtype=torch.float32)[-1] + 1
+        gw = torch.arange(grid_w, dtype=torch.float32)[-1] + 1
         # The released rule: no resampling at the pretraining grid, else scale (grid + 0.1) / side.
         # Scale 1 at the pretraining grid makes both matrices identities (taps at exact integers).
-        same = (grid_h == side) & (grid_w == side)
+        same = (gh == side) & (gw == side)
         one = torch.ones((), dtype=torch.float32)
-        scale_h = torch.where(same, one, (grid_h.to(torch.float32) + 0.1) / side)
-        scale_w = torch.where(same, one, (grid_w.to(torch.float32) + 0.1) / side)
-        mh = bicubic_matrix(grid_h, side, scale_h)  # gh x side
-        mw = bicubic_matrix(grid_w, side, scale_w)  # gw x side
+        mh = bicubic_matrix(grid_h, side, torch.where(same, one, (gh + 0.1) / side))  # gh x side
+        mw = bicubic_matrix(grid_w, side, torch.where(same, one, (gw + 0.1) / side))  # gw x side
         patch = pe[0, 1:].reshape(side, side, dim)
         patch = torch.einsum("hi,ijc,wj->hwc", mh, patch, mw).reshape(1, -1, dim)
         return torch.cat([pe[:, :1], patch], dim=1).to(enc.pos_embed.dtype)
@@ -89,7 +92,7 @@ class TraceableDepthAnything(nn.Module):
         gh, gw = h // PATCH_SIZE, w // PATCH_SIZE
         t = enc.patch_embed(image).reshape(b, gh * gw, enc.embed_dim)
         t = torch.cat([enc.cls_token.expand(b, -1, -1), t], dim=1)
-        t = t + self._pos_embed(torch.tensor(gh), torch.tensor(gw))
+        t = t + self._pos_embed(gh, gw)
         feats = {}
         for i, blk in enumerate(enc.blocks[:max(m.layers) + 1]):
             t = blk(t)
@@ -135,11 +138,13 @@ def export_onnx(model: DepthAnythingV2, path: str, example_size: tuple[int, int]
     gh, gw = Dim("grid_h", min=2, max=max_grid), Dim("grid_w", min=2, max=max_grid)
     batch = Dim("batch", min=1, max=max_batch)
     example = torch.zeros(2, 3, *example_size)
+    dynamic = {"image": {0: batch, 2: PATCH_SIZE * gh, 3: PATCH_SIZE * gw}}
     with torch.no_grad():
-        program = torch.onnx.export(
-            wrapped, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], external_data=False, verbose=False,
-            dynamic_shapes={"image": {0: batch, 2: PATCH_SIZE * gh, 3: PATCH_SIZE * gw}})
+        # torch.export first, then the ONNX translation of that program (about half the time
+        # of handing the module to torch.onnx.export, which tries several capture strategies).
+        exported = torch.export.export(wrapped, (example,), dynamic_shapes=dynamic)
+        program = torch.onnx.export(exported, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
     program.save(path, external_data=False)
 
 

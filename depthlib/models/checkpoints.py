@@ -63,8 +63,15 @@ def _guess_encoder(state: dict[str, torch.Tensor]) -> str | None:
 def load_state_dict_file(path_or_uri: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local path or URI, loaded with ``weights_only=True``
     (never executes code from the file). Accepts a plain state dict or one
-    nested under ``"model"`` / ``"state_dict"``."""
-    obj = torch.load(io.BytesIO(storage.read_bytes(str(path_or_uri))), map_location="cpu", weights_only=True)
+    nested under ``"model"`` / ``"state_dict"``, or a ``.safetensors`` file
+    (tensors only by format; ``depthlib.export`` writes the released layout so)."""
+    data = storage.read_bytes(str(path_or_uri))
+    if str(path_or_uri).lower().endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors  # installed with timm
+
+        obj = load_safetensors(data)
+    else:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for k in ("model", "state_dict"):
             if isinstance(obj.get(k), dict):
