@@ -1,11 +1,14 @@
-"""Object storage: one way to name data, for a local directory or any S3 service.
+"""Object storage: one way to name data, for a local directory, any S3 service or GCS.
 
 A *URI* is one of
 
 - a local path (``/data/shards``, ``runs/exp1``) or ``file:///data/shards`` —
   the embedded default, no server needed;
 - ``s3://bucket/prefix`` — any S3-compatible service (AWS, MinIO, SeaweedFS,
-  Ceph, R2, ...).
+  Ceph, R2, ...);
+- ``gs://bucket/prefix`` — Google Cloud Storage, natively (JSON API through
+  ``pyarrow.fs.GcsFileSystem``, Google's own C++ client), not through its S3
+  interoperability layer.
 
 S3 settings come from an explicit :class:`S3Config` or, when none is given,
 from the environment at call time (:meth:`S3Config.from_env`):
@@ -15,23 +18,42 @@ from the environment at call time (:meth:`S3Config.from_env`):
 standard credential chain (shared config files, container/IAM-role
 credentials), so nothing here needs keys on a cloud node with a role.
 
+GCS settings (:class:`GcsConfig`) follow Google's Application Default
+Credentials: ``GOOGLE_APPLICATION_CREDENTIALS`` (the path of a key file), else
+Workload Identity on GKE or the metadata server on GCE, resolved in each
+process. ``STORAGE_EMULATOR_HOST`` (the variable Google's client libraries
+read) points every ``gs://`` URI at an emulator, with anonymous credentials;
+``GOOGLE_CLOUD_PROJECT`` names the project. :meth:`S3Config.from_env` also
+reads these, so a job that resolves its settings in the driver and ships them
+(``set_default_s3`` in each worker) ships the GCS ones too. A key file's
+content is never read here: only its path travels, and the file must be at
+that path on every node (a Kubernetes secret volume), or better, use Workload
+Identity and no key at all.
+
 Why it is built so:
 
 - Writes are atomic (:func:`write_bytes`): a local file is written under a
   hidden temporary name in the same directory and renamed into place; on S3 an
   object is one PUT, or a multipart upload that becomes visible only when
-  completed (and is aborted on failure). A reader never sees half an object.
+  completed (and is aborted on failure). On GCS the data goes up (resumable
+  upload) under a hidden temporary name and is copied server-side onto the
+  final name once complete: pyarrow's GCS output stream cannot abort, and
+  finalises whatever was written when it is dropped. A reader never sees half
+  an object.
 - Listings stream (:func:`list_objects`): S3 pages of at most 1000 keys are
   fetched one at a time, and each page fetch is retried on its own, so a
   prefix of millions of keys lists in bounded memory and a network blip does
-  not restart the listing.
+  not restart the listing. GCS is listed through pyarrow, which pages the
+  JSON API but hands back a prefix's listing whole: memory grows with the
+  number of keys under one prefix (about 1 GB per 5 million keys).
 - Failures are sorted (:func:`retry`): transient ones (timeouts, lost
   connections, 5xx, throttling) are retried with exponential backoff and
   jitter; permanent ones (no such bucket, access denied, bad credentials, not
   found) are raised at once as :class:`PermanentStorageError` with a message
   that names the URI and the cause.
 - Secrets never leave this module: :func:`redact` scrubs every configured key
-  from every message it produces, and :class:`S3Config`'s repr hides them.
+  from every message it produces (and private keys, OAuth tokens), and
+  :class:`S3Config`'s repr hides them.
 
 Ray Data takes the pyarrow filesystem of :func:`filesystem`:
 ``fs, path = filesystem(uri); ray.data.read_parquet(path, filesystem=fs)``.
@@ -50,11 +72,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 from urllib.parse import urlparse
 
 import botocore.exceptions as bexc
 import pyarrow.fs as pafs
+import pyarrow.lib as pa_lib
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +97,9 @@ RETRY_MAX_DELAY = 5.0
 # Region used when a custom endpoint is given without one; most S3-compatible
 # services accept any region name and sign with this one.
 DEFAULT_CUSTOM_REGION = "us-east-1"
+# How long Google's client keeps retrying one transient GCS failure (inside
+# each of our RETRY_ATTEMPTS); resumable uploads resume within it.
+GCS_RETRY_TIME_LIMIT_S = 15.0
 
 _TMP_MARKER = ".tmp-"
 
@@ -85,8 +112,12 @@ _known_secrets: set[str] = set()
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 # "secret_key=...", "SecretAccessKey: ...", "session_token=..." in free text.
 _SECRET_ASSIGNMENT = re.compile(
-    r"(?i)((?:aws_)?(?:secret(?:_?access)?_?key|session_?token|secretaccesskey|sessiontoken)"
+    r"(?i)((?:aws_)?(?:secret(?:_?access)?_?key|session_?token|secretaccesskey|sessiontoken"
+    r"|private_key(?:_id)?|access_?token|refresh_token|client_secret)"
     r"['\"]?\s*[=:]\s*['\"]?)([^\s'\",;&]+)")
+# A PEM private key (a service-account key file's content) and OAuth bearer tokens.
+_PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[\w.~+/=-]+|\bya29\.[\w.~+/=-]+")
 
 
 def _remember_secret(value: str | None) -> None:
@@ -112,10 +143,57 @@ def redact(text: object) -> str:
             secrets.add(value)
     for secret in sorted(secrets, key=len, reverse=True):
         out = out.replace(secret, "***")
+    out = _PEM_KEY.sub("***", out)
+    out = _BEARER.sub(lambda m: (m.group(1) or "") + "***", out)
     return _SECRET_ASSIGNMENT.sub(r"\1***", out)
 
 
 # --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class GcsConfig:
+    """Where GCS is and which credentials to use (Google's standard chain by default).
+
+    Holds no secret: with ``credentials_file`` only the path of a key file
+    travels (Google's client reads the file in each process); with neither it
+    nor ``anonymous``, Application Default Credentials apply (Workload
+    Identity on GKE, the metadata server on GCE, ``gcloud auth
+    application-default login`` on a laptop).
+    """
+
+    endpoint_url: str | None = None
+    """An emulator or private endpoint, ``http://127.0.0.1:4443``; ``None`` is GCS itself."""
+    project_id: str | None = None
+    """Only needed to create buckets."""
+    credentials_file: str | None = None
+    """Path of a service-account (or external-account) JSON key file."""
+    anonymous: bool = False
+    """Send no credentials (emulators, public buckets)."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None and urlparse(self.endpoint_url).scheme not in ("http", "https"):
+            raise ValueError(f"GcsConfig: endpoint_url must start with http:// or https://, "
+                             f"got {redact(self.endpoint_url)!r}")
+        if self.anonymous and self.credentials_file:
+            raise ValueError("GcsConfig: anonymous and credentials_file exclude each other")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "GcsConfig":
+        """``STORAGE_EMULATOR_HOST`` (anonymous then; ``host:port`` means http),
+        ``GOOGLE_CLOUD_PROJECT`` (or ``CLOUDSDK_CORE_PROJECT``) and
+        ``GOOGLE_APPLICATION_CREDENTIALS``; empty ones count as unset."""
+        env = os.environ if environ is None else environ
+        emulator = env.get("STORAGE_EMULATOR_HOST") or None
+        if emulator and "://" not in emulator:
+            emulator = "http://" + emulator
+        return cls(endpoint_url=emulator.rstrip("/") if emulator else None,
+                   project_id=env.get("GOOGLE_CLOUD_PROJECT") or env.get("CLOUDSDK_CORE_PROJECT") or None,
+                   credentials_file=None if emulator else (env.get("GOOGLE_APPLICATION_CREDENTIALS") or None),
+                   anonymous=bool(emulator))
+
+    def is_default(self) -> bool:
+        return self == GcsConfig()
 
 
 @dataclass(frozen=True, repr=False)
@@ -136,6 +214,9 @@ class S3Config:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     """Only with temporary (STS) credentials."""
+    gcs: GcsConfig | None = None
+    """Settings for ``gs://`` URIs, shipped with the S3 ones (``None``: each
+    process reads its environment)."""
 
     def __post_init__(self) -> None:
         if (self.access_key_id is None) != (self.secret_access_key is None):
@@ -148,7 +229,8 @@ class S3Config:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "S3Config":
-        """Read the standard ``AWS_*`` variables (empty ones count as unset)."""
+        """Read the standard ``AWS_*`` variables (empty ones count as unset), and
+        the GCS ones into :attr:`gcs` (see :meth:`GcsConfig.from_env`)."""
         env = os.environ if environ is None else environ
 
         def get(*names: str) -> str | None:
@@ -157,15 +239,18 @@ class S3Config:
                     return env[name]
             return None
 
+        gcs = GcsConfig.from_env(env)
         return cls(endpoint_url=get("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
                    region=get("AWS_REGION", "AWS_DEFAULT_REGION"),
                    access_key_id=get("AWS_ACCESS_KEY_ID"),
                    secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
-                   session_token=get("AWS_SESSION_TOKEN"))
+                   session_token=get("AWS_SESSION_TOKEN"),
+                   gcs=None if gcs.is_default() else gcs)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickling (e.g. in a Ray worker) skips __post_init__; redact() must
         # still learn the secrets there.
+        state.setdefault("gcs", None)  # pickled before GCS support
         for name, value in state.items():
             object.__setattr__(self, name, value)
         for value in (self.access_key_id, self.secret_access_key, self.session_token):
@@ -176,7 +261,8 @@ class S3Config:
         return {"endpoint_url": self.endpoint_url, "region": self.region,
                 "access_key_id": _mask_key(self.access_key_id),
                 "secret_access_key": None if self.secret_access_key is None else "***",
-                "session_token": None if self.session_token is None else "***"}
+                "session_token": None if self.session_token is None else "***",
+                "gcs": None if self.gcs is None else dict(vars(self.gcs))}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.public_dict().items())
@@ -218,28 +304,66 @@ def _config(s3: S3Config | None) -> S3Config:
     return _PROCESS_DEFAULT if _PROCESS_DEFAULT is not None else S3Config.from_env()
 
 
+def _gcs_config(s3: S3Config | None) -> GcsConfig:
+    """The GCS settings shipped in ``s3`` (or the process default), else this process's environment."""
+    for cfg in (s3, _PROCESS_DEFAULT):
+        if cfg is not None and cfg.gcs is not None:
+            return cfg.gcs
+    return GcsConfig.from_env()
+
+
 # --------------------------------------------------------------------------- URIs
 
 
+def is_remote(uri: str) -> bool:
+    """True for object-storage URIs (``s3://``, ``gs://``): not a local path;
+    a job resolves their settings once in the driver and ships them to workers."""
+    return str(uri).startswith(("s3://", "gs://"))
+
+
 def is_s3(uri: str) -> bool:
-    """True for ``s3://...`` URIs."""
+    """True for object-storage URIs: ``s3://...`` and, since GCS support, ``gs://...``.
+
+    Jobs ask this to decide "not local; resolve the storage settings in the
+    driver and ship them", which holds for both. Code that needs S3 itself
+    (boto3) must test the scheme: :func:`split_s3` refuses ``gs://``.
+    New code should call :func:`is_remote`.
+    """
+    return is_remote(uri)
+
+
+def is_gcs(uri: str) -> bool:
+    """True for ``gs://...`` URIs."""
+    return str(uri).startswith("gs://")
+
+
+def _is_s3_scheme(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
 def _check_scheme(uri: str) -> None:
     scheme = urlparse(str(uri)).scheme
-    if scheme not in ("", "s3", "file") and not re.fullmatch(r"[a-zA-Z]", scheme):
-        raise ValueError(f"unsupported URI {redact(uri)!r}: use a local path, file:// or s3://")
+    if scheme not in ("", "s3", "gs", "file") and not re.fullmatch(r"[a-zA-Z]", scheme):
+        raise ValueError(f"unsupported URI {redact(uri)!r}: use a local path, file://, s3:// or gs://")
+
+
+def split_bucket(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` or ``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    uri = str(uri)
+    if not is_remote(uri):
+        raise ValueError(f"not an s3:// or gs:// URI: {redact(uri)!r}")
+    scheme = uri[:2]
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{scheme} URI without a bucket: {redact(uri)!r}")
+    return bucket, key
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
-    if not is_s3(uri):
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")`` (``gs://`` is refused: see :func:`split_bucket`)."""
+    if not _is_s3_scheme(uri):
         raise ValueError(f"not an s3:// URI: {redact(uri)!r}")
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    if not bucket:
-        raise ValueError(f"s3 URI without a bucket: {redact(uri)!r}")
-    return bucket, key
+    return split_bucket(uri)
 
 
 def local_path(uri: str) -> str:
@@ -251,8 +375,8 @@ def local_path(uri: str) -> str:
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"file URI with a host is not supported: {uri!r}")
         uri = parsed.path
-    elif is_s3(uri):
-        raise ValueError(f"not a local URI: {uri!r}")
+    elif is_remote(uri):
+        raise ValueError(f"not a local URI: {redact(uri)!r}")
     return os.path.abspath(os.path.expanduser(uri))
 
 
@@ -344,13 +468,30 @@ _ARROW_PERMANENT = {
     "INVALID_PARAMETER_COMBINATION": ("invalid_request", "invalid request"),
 }
 _ARROW_ERROR = re.compile(r"AWS Error ([A-Z_]+)(?: \(HTTP status (\d+)\))?")
+# Google's C++ client (under pyarrow.fs.GcsFileSystem): "google::cloud::Status(NOT_FOUND: ...".
+_GCS_ERROR = re.compile(r"google::cloud::Status\(([A-Z_]+)")
+_GCS_PERMANENT = {
+    "NOT_FOUND": ("not_found", "not found"),
+    "PERMISSION_DENIED": ("access_denied", "access denied"),
+    "UNAUTHENTICATED": ("access_denied", "access denied (invalid credentials)"),
+    "INVALID_ARGUMENT": ("invalid_request", "invalid request"),
+    "FAILED_PRECONDITION": ("invalid_request", "request rejected"),
+    "OUT_OF_RANGE": ("invalid_request", "request rejected"),
+    "ALREADY_EXISTS": ("invalid_request", "request rejected"),
+    "UNIMPLEMENTED": ("invalid_request", "request rejected"),
+}
+# The rest (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, ABORTED,
+# UNKNOWN, CANCELLED, DATA_LOSS) may pass: transient.
 _LOCAL_PERMANENT_ERRNO = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG,
                           errno.EINVAL, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY}
 
 
 def _bucket_of(uri: str | None) -> str | None:
-    if uri and is_s3(uri):
-        return split_s3(uri)[0]
+    if uri and is_remote(uri):
+        try:
+            return split_bucket(uri)[0]
+        except ValueError:
+            return None
     return None
 
 
@@ -400,6 +541,16 @@ def as_storage_error(exc: BaseException, uri: str | None = None) -> StorageError
         return _make_error(False, "config", "invalid request", type(exc).__name__, exc, uri)
     if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError, bexc.IncompleteReadError)):
         return _make_error(True, "transient", "connection failed", type(exc).__name__, exc, uri)
+    gcs = _GCS_ERROR.search(str(exc)) if isinstance(exc, (OSError, pa_lib.ArrowException)) else None
+    if gcs:
+        code = gcs.group(1)
+        if code in _GCS_PERMANENT:
+            reason, words = _GCS_PERMANENT[code]
+            if reason == "access_denied" and ("credentials" in str(exc).lower()
+                                              or "oauth" in str(exc).lower()):
+                words = "access denied (invalid credentials)"
+            return _make_error(False, reason, words, code, exc, uri)
+        return _make_error(True, "transient", "temporary failure", code, exc, uri)
     if isinstance(exc, FileNotFoundError):
         return _make_error(False, "not_found", "not found", "FileNotFoundError", exc, uri)
     if isinstance(exc, PermissionError):
@@ -479,6 +630,7 @@ def _retry(fn: Callable[[], T], uri: str) -> T:
 _cache_lock = threading.Lock()
 _clients: dict[S3Config, Any] = {}
 _s3_filesystems: dict[S3Config, pafs.S3FileSystem] = {}
+_gcs_filesystems: dict[GcsConfig, pafs.GcsFileSystem] = {}
 _local_fs = pafs.LocalFileSystem()
 
 
@@ -531,13 +683,52 @@ def _s3_filesystem(cfg: S3Config) -> pafs.S3FileSystem:
         return fs
 
 
+def gcs_filesystem(cfg: GcsConfig | None = None) -> pafs.GcsFileSystem:
+    """The cached ``pyarrow.fs.GcsFileSystem`` for ``cfg`` (default: see :func:`_gcs_config`).
+
+    Google's C++ client resolves Application Default Credentials itself, in
+    each process that uses the filesystem (it pickles without credentials:
+    a Ray worker resolves its own, e.g. Workload Identity). A
+    ``credentials_file`` is handed to that chain as
+    ``GOOGLE_APPLICATION_CREDENTIALS`` of this process (the client reads the
+    key file from there), so it must exist on every node.
+    """
+    cfg = _gcs_config(None) if cfg is None else cfg
+    with _cache_lock:
+        fs = _gcs_filesystems.get(cfg)
+        if fs is None:
+            kwargs: dict[str, Any] = dict(retry_time_limit=timedelta(seconds=GCS_RETRY_TIME_LIMIT_S))
+            if cfg.endpoint_url:
+                parsed = urlparse(cfg.endpoint_url)
+                kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+                kwargs["scheme"] = parsed.scheme
+            if cfg.project_id:
+                kwargs["project_id"] = cfg.project_id
+            if cfg.anonymous:
+                kwargs["anonymous"] = True
+            elif cfg.credentials_file:
+                if not os.path.isfile(cfg.credentials_file):
+                    raise PermanentStorageError(
+                        f"no usable credentials: GOOGLE_APPLICATION_CREDENTIALS names "
+                        f"{cfg.credentials_file!r}, which is not a file on this node", reason="config")
+                os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = cfg.credentials_file
+            fs = pafs.GcsFileSystem(**kwargs)
+            _gcs_filesystems[cfg] = fs
+        return fs
+
+
 def filesystem(uri: str, s3: S3Config | None = None) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for ``uri`` and the path inside it.
 
     ``s3://bucket/a/b`` -> (cached ``S3FileSystem``, ``"bucket/a/b"``);
+    ``gs://bucket/a/b`` -> (cached ``GcsFileSystem``, ``"bucket/a/b"``);
     a local path -> (``LocalFileSystem``, absolute path). Pass both to Ray Data:
-    ``ray.data.read_parquet(path, filesystem=fs)``.
+    ``ray.data.read_parquet(path, filesystem=fs)``, or to Ray Train:
+    ``RunConfig(storage_path=path, storage_filesystem=fs)``.
     """
+    if is_gcs(uri):
+        bucket, key = split_bucket(uri)
+        return gcs_filesystem(_gcs_config(s3)), f"{bucket}/{key}".rstrip("/")
     if is_s3(uri):
         bucket, key = split_s3(uri)
         return _s3_filesystem(_config(s3)), f"{bucket}/{key}".rstrip("/")
@@ -554,6 +745,14 @@ def _as_buffer(data: bytes | bytearray | memoryview | Any) -> memoryview:
 
 def read_bytes(uri: str, s3: S3Config | None = None) -> bytes:
     """The whole object at ``uri``. Raises :class:`ObjectNotFoundError` if missing."""
+    if is_gcs(uri):
+        fs, path = _gcs_object(uri, s3)
+
+        def read_gcs() -> bytes:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+
+        return _gcs_retry(read_gcs, uri, fs)
     if is_s3(uri):
         bucket, key = split_s3(uri)
         client = s3_client(s3)
@@ -576,8 +775,14 @@ def write_bytes(uri: str, data: bytes | bytearray | memoryview | Any,
     :data:`MULTIPART_THRESHOLD` bytes, else a multipart upload that is
     completed only after every part succeeded and aborted on any failure. In
     both cases the final name either holds the old object or all of ``data``.
+    GCS: a resumable upload to ``.<name>.tmp-<random>`` beside the target,
+    then a server-side copy onto the name and the temporary deleted (see the
+    module docstring for why not straight onto the name).
     """
     mv = _as_buffer(data)
+    if is_gcs(uri):
+        _write_gcs(uri, mv, s3)
+        return
     if is_s3(uri):
         bucket, key = split_s3(uri)
         if not key or key.endswith("/"):
@@ -639,7 +844,10 @@ def _multipart_upload(client: Any, bucket: str, key: str, mv: memoryview, uri: s
 
 
 def exists(uri: str, s3: S3Config | None = None) -> bool:
-    """True if an object (S3) or file (local) is at ``uri``."""
+    """True if an object (S3, GCS) or file (local) is at ``uri``."""
+    if is_gcs(uri):
+        fs, path = _gcs_object(uri, s3)
+        return _retry(lambda: fs.get_file_info(path).type == pafs.FileType.File, uri)
     if is_s3(uri):
         bucket, key = split_s3(uri)
         client = s3_client(s3)
@@ -660,6 +868,17 @@ def exists(uri: str, s3: S3Config | None = None) -> bool:
 
 def delete(uri: str, s3: S3Config | None = None) -> None:
     """Remove the object at ``uri``; a missing object is not an error."""
+    if is_gcs(uri):
+        fs, path = _gcs_object(uri, s3)
+
+        def remove_gcs() -> None:
+            try:
+                fs.delete_file(path)
+            except FileNotFoundError:
+                pass
+
+        _retry(remove_gcs, uri)
+        return
     if is_s3(uri):
         bucket, key = split_s3(uri)
         client = s3_client(s3)
@@ -683,7 +902,82 @@ def open_input(uri: str, s3: S3Config | None = None) -> Any:
     directly. Only the open is retried; later reads raise pyarrow's errors.
     """
     fs, path = filesystem(uri, s3)
+    if is_gcs(uri):
+        return _gcs_retry(lambda: fs.open_input_file(path), uri, fs)
     return _retry(lambda: fs.open_input_file(path), uri)
+
+
+# --------------------------------------------------------------------------- GCS
+
+
+def _gcs_object(uri: str, s3: S3Config | None) -> tuple[pafs.GcsFileSystem, str]:
+    bucket, key = split_bucket(uri)
+    if not key or key.endswith("/"):
+        raise ValueError(f"an object key is needed, got {redact(uri)!r}")
+    return gcs_filesystem(_gcs_config(s3)), f"{bucket}/{key}"
+
+
+def _gcs_retry(fn: Callable[[], T], uri: str, fs: pafs.GcsFileSystem) -> T:
+    """:func:`_retry`, and a "not found" told apart into a missing bucket or object.
+
+    GCS answers 404 for both; only when the object is missing is the bucket
+    looked up (one more request, on the failure path only).
+    """
+    try:
+        return _retry(fn, uri)
+    except ObjectNotFoundError as err:
+        bucket = split_bucket(uri)[0]
+        try:
+            missing_bucket = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        except Exception:  # noqa: BLE001 - keep the original error
+            missing_bucket = False
+        if missing_bucket:
+            raise PermanentStorageError(f"no such bucket {bucket!r} for {uri}: NOT_FOUND",
+                                        uri=uri, reason="no_such_bucket") from None
+        raise err from None
+
+
+def _write_gcs(uri: str, mv: memoryview, s3: S3Config | None) -> None:
+    fs, path = _gcs_object(uri, s3)
+    directory, name = path.rsplit("/", 1)
+    tmp = f"{directory}/.{name}{_TMP_MARKER}{uuid.uuid4().hex}"
+
+    def upload() -> None:
+        stream = fs.open_output_stream(tmp)
+        stream.write(mv)
+        stream.close()  # the upload is finalised here (an exception above leaves only ``tmp``)
+
+    try:
+        _gcs_retry(upload, uri, fs)
+        _retry(lambda: fs.copy_file(tmp, path), uri)  # server-side rewrite: all or nothing
+    finally:
+        try:
+            fs.delete_file(tmp)
+        except Exception:  # noqa: BLE001 - a leftover temporary is skipped by listings
+            pass
+
+
+def _list_gcs(prefix_uri: str, wanted: tuple[str, ...], s3: S3Config | None) -> Iterator[ObjectInfo]:
+    bucket, key = split_bucket(prefix_uri)
+    prefix = key.strip("/")
+    base = f"gs://{bucket}/{prefix}/" if prefix else f"gs://{bucket}/"
+    fs = gcs_filesystem(_gcs_config(s3))
+    root = f"{bucket}/{prefix}" if prefix else bucket
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    where = prefix_uri.rstrip("/") + "/"
+    infos = _retry(lambda: fs.get_file_info(selector), where)
+    if not infos and _retry(lambda: fs.get_file_info(bucket).type, where) == pafs.FileType.NotFound:
+        raise PermanentStorageError(f"no such bucket {bucket!r} for {where}: NOT_FOUND",
+                                    uri=where, reason="no_such_bucket")
+    files = [(info.path[len(root) + 1:], info.size) for info in infos if info.type == pafs.FileType.File]
+    del infos
+    files.sort()  # byte-wise key order, as S3 and the local walk give
+    for rel, size in files:
+        if not rel or rel.endswith("/") or _is_temp_name(rel.rsplit("/", 1)[-1]):
+            continue
+        if wanted and not rel.lower().endswith(wanted):
+            continue
+        yield ObjectInfo(uri=base + rel, key=rel, size=-1 if size is None else int(size))
 
 
 # --------------------------------------------------------------------------- listing
@@ -725,10 +1019,14 @@ def list_objects(prefix_uri: str, suffixes: str | Sequence[str] | None = None,
     full key), so a listing is deterministic and the same on both. A prefix
     with nothing under it yields nothing; a missing bucket raises
     :class:`PermanentStorageError`. Local temporary files of in-flight
-    :func:`write_bytes` calls and S3 "directory marker" keys ending in ``/``
-    are skipped.
+    :func:`write_bytes` calls (local and GCS) and "directory marker" keys
+    ending in ``/`` are skipped. GCS keys come in the same order, but the
+    whole listing of the prefix is fetched at the first item (pyarrow gives no
+    page-by-page access).
     """
     wanted = _normalise_suffixes(suffixes)
+    if is_gcs(prefix_uri):
+        return _list_gcs(prefix_uri, wanted, s3)
     if is_s3(prefix_uri):
         return _list_s3(prefix_uri, wanted, s3)
     return _list_local(prefix_uri, wanted)
