@@ -7,7 +7,9 @@ Fixtures:
   ``secret_access_key``, ``s3_config`` and ``new_bucket()``.
 - ``storage_root`` (function, parametrised ``local`` / ``s3``): a fresh root URI
   (a tmp dir, or ``s3://<fresh bucket>/root`` with the ``AWS_*`` variables set),
-  so one test body runs against both backends.
+  so one test body runs against both backends. Decorate a test with
+  :data:`all_backends` to run it against GCS too (``gs://<fresh bucket>/root``
+  on the ``gcs_server`` of ``fixtures_gcs``, ``STORAGE_EMULATOR_HOST`` set).
 
 :class:`WeedServer` can also be used directly to start a private server (e.g.
 to kill it in the middle of a write). It behaves like real S3 where that
@@ -36,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from fixtures_gcs import gcs_server  # noqa: F401 - registers the GCS server fixture with this plugin
 
 ACCESS_KEY_ID = "AKIADEPTHLIBTEST0001"
 SECRET_ACCESS_KEY = "depthlib-test-secret-9f3b2c7e1a"
@@ -257,24 +261,38 @@ class StorageRoot:
     kind: str
     uri: str
     s3: object | None
+    """The settings object for the library's ``s3=`` parameters (GCS settings ride in it)."""
 
 
 _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
             "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+_GCS_ENV = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
+            "CLOUDSDK_CORE_PROJECT")
+
+BACKENDS = ["local", pytest.param("s3", marks=pytest.mark.s3), pytest.param("gcs", marks=pytest.mark.gcs)]
+all_backends = pytest.mark.parametrize("storage_root", BACKENDS, indirect=True)
+"""``@all_backends``: run the test once per backend, local, S3 and GCS (``storage_root`` alone: local and S3)."""
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def storage_root(request, tmp_path, monkeypatch):
-    """Run a test against a local directory and against the real S3 server.
+    """Run a test against a local directory and against the real S3 (and GCS) server.
 
-    For ``s3`` the ``AWS_*`` variables point at the session server, so code
-    that reads its config from the environment works unchanged.
+    For ``s3`` the ``AWS_*`` variables point at the session server, for ``gcs``
+    ``STORAGE_EMULATOR_HOST`` does, so code that reads its config from the
+    environment works unchanged.
     """
-    for name in _AWS_ENV:
+    for name in _AWS_ENV + _GCS_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     if request.param == "local":
         yield StorageRoot("local", str(tmp_path / "root"), None)
+        return
+    if request.param == "gcs":
+        gcs = request.getfixturevalue("gcs_server")
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint_url)
+        bucket = gcs.new_bucket()
+        yield StorageRoot("gcs", f"gs://{bucket}/root", gcs.s3_config)
         return
     server = request.getfixturevalue("s3_server")
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)

@@ -1,4 +1,4 @@
-"""depthlib.shards: depth/mask encoding, rows, and shard files on local disk and S3.
+"""depthlib.shards: depth/mask encoding, rows, and shard files on local disk, S3 and GCS.
 
 Version 2 labels (depthlib.label_codec) are written; version 1 shards and
 cells still read. Run: ``python -m pytest tests/test_shards.py -q -s`` (``-s``
@@ -22,6 +22,7 @@ from depthlib import shards, storage
 from depthlib.label_codec import label_info
 from depthlib.shards import ShardVersionError, ShardWriter
 from depthlib.storage import StorageError
+from fixtures_s3 import all_backends
 
 REL_TOL = 1e-4  # version 1 encoding: relative, above hi * e^-13
 METRIC_TOL = 1e-3  # version 2, metric depth: relative
@@ -229,6 +230,7 @@ def test_stored_depth_bytes_per_pixel():
 # --------------------------------------------------------------------------- files
 
 
+@all_backends
 def test_shard_round_trip_through_writer(storage_root):
     prefix = storage.join(storage_root.uri, "shards")
     expected = {}
@@ -263,6 +265,7 @@ def test_shard_round_trip_through_writer(storage_root):
     assert sorted(seen) == sorted(expected)
 
 
+@all_backends
 def test_write_shard_and_ray_style_read(storage_root):
     rows = [_row(i)[0] for i in range(3)]
     uri = storage.join(storage_root.uri, "one.parquet")
@@ -306,6 +309,7 @@ def test_v1_cell_by_hand():
     assert shards.encode_depth(np.array([[0.0, 2.0], [2.0, 2.0]])) == (row["depth"], 2.0, 2.0)
 
 
+@all_backends
 def test_v1_shard_still_decodes(storage_root):
     """A version 1 file (as written before version 2) reads, validates and decodes with v1 precision."""
     rows = [_v1_row(i, masked=(i == 1)) for i in range(3)]
@@ -354,6 +358,7 @@ def test_damaged_or_mislabelled_cells_are_refused():
         shards.decode_sample({**row, "width": 65})
 
 
+@all_backends
 def test_unknown_or_missing_shard_version_is_refused(storage_root):
     table = shards.rows_to_table([_row(0)[0]])
     future = storage.join(storage_root.uri, "future.parquet")

@@ -1,7 +1,7 @@
-"""depthlib.storage against a local directory and a real S3 server (SeaweedFS).
+"""depthlib.storage against a local directory, a real S3 server (SeaweedFS) and a GCS API server.
 
-Run: ``python -m pytest tests/test_storage.py -q``. Tests taking ``storage_root``
-run twice, once per backend; the S3 server starts once per session.
+Run: ``python -m pytest tests/test_storage.py -q``. Tests marked ``@all_backends``
+run three times, once per backend; each server starts once per session.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from depthlib import storage
-from depthlib.storage import (ObjectInfo, ObjectNotFoundError, PermanentStorageError, S3Config,
+from depthlib.storage import (GcsConfig, ObjectInfo, ObjectNotFoundError, PermanentStorageError, S3Config,
                               StorageError, TransientStorageError)
+from fixtures_s3 import all_backends
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -161,6 +162,7 @@ def test_error_messages_are_redacted():
 # --------------------------------------------------------------------------- both backends
 
 
+@all_backends
 def test_bytes_round_trip(storage_root):
     uri = storage.join(storage_root.uri, "dir", "obj.bin")
     assert not storage.exists(uri)
@@ -178,6 +180,7 @@ def test_bytes_round_trip(storage_root):
     assert list(storage.list_objects(storage_root.uri)) == []
 
 
+@all_backends
 def test_large_object_round_trip_multipart(storage_root, monkeypatch):
     monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 6 * 2**20)
     monkeypatch.setattr(storage, "PART_SIZE", 5 * 2**20)
@@ -189,6 +192,7 @@ def test_large_object_round_trip_multipart(storage_root, monkeypatch):
     assert info.size == len(data) and info.key == "big.bin"
 
 
+@all_backends
 def test_filesystem_works_for_pyarrow_readers(storage_root):
     fs, path = storage.filesystem(storage_root.uri, storage_root.s3)
     assert storage.filesystem(storage_root.uri, storage_root.s3)[0] is fs  # cached
@@ -198,6 +202,7 @@ def test_filesystem_works_for_pyarrow_readers(storage_root):
     assert pq.read_table(f"{path}/t.parquet", filesystem=fs).equals(table)
 
 
+@all_backends
 def test_list_objects_order_suffixes_and_keys(storage_root):
     keys = ["b.png", "a/b.JPG", "a-c.jpg", "a0.txt", "a/z/deep.png", "c/d/e/f.png"]
     for k in keys:
@@ -220,6 +225,7 @@ def test_list_objects_order_suffixes_and_keys(storage_root):
     assert list(storage.list_objects(storage.join(storage_root.uri, "nothing-here"))) == []
 
 
+@all_backends
 def test_iter_input_keys_from_listing_and_manifests(storage_root):
     root = storage_root.uri
     for k in ["img/1.jpg", "img/2.png", "img/notes.txt"]:
