@@ -11,7 +11,7 @@ import os
 # Keep torch and numpy from oversubscribing the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-pytest_plugins = ["fixtures_ray", "fixtures_s3", "fixtures_models"]
+pytest_plugins = ["fixtures_ray", "fixtures_s3", "fixtures_models", "fixtures_datasets"]
 
 
 def pytest_collection_modifyitems(config, items):
