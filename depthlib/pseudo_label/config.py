@@ -12,11 +12,17 @@ from depthlib.models.specs import MODEL_SPECS
 class PseudoLabelConfig:
     """Label every image under an input prefix with a teacher model."""
 
-    input: str = field(metadata={"help": "URI of the unlabeled images: a local dir, file:// or s3://bucket/prefix"})
+    input: str = field(metadata={"help": (
+        "URI of the unlabeled images: a local dir, file:// or s3://bucket/prefix. Objects are told apart by "
+        "name: .tar, .tar.gz and .tgz are tar archives (every image member is a sample keyed ARCHIVE/MEMBER, "
+        "through tars of tars ARCHIVE/INNER.tar/MEMBER; other members are ignored), .parquet files are tables "
+        "(every row is a sample keyed FILE/ROW, its bytes in --image-column), anything else is one image")})
     output: str = field(metadata={"help": "URI where labels/, errors/, samples/ and summary.json are written"})
     checkpoint: str = field(metadata={"help": "teacher weights: released-format .pth (local path or URI)"})
     manifest: Optional[str] = field(default=None, metadata={
         "help": "Parquet (column 'key') or text file of keys relative to --input, instead of listing the prefix"})
+    image_column: str = field(default="image", metadata={
+        "help": "Parquet input: the column of encoded image bytes, binary or Hugging Face's struct {bytes, path}"})
     encoder: str = field(default="vitl", metadata={"help": f"teacher size: {' | '.join(MODEL_SPECS)}"})
     input_size: int = field(default=518, metadata={"help": "shorter side the model sees (multiple of 14)"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass (one resized shape per pass)"})
@@ -73,5 +79,8 @@ class PseudoLabelConfig:
 
     def plan_fingerprint(self) -> dict:
         """The settings that define WHICH keys form which unit of work; a resumed run must match them."""
-        return {"input": self.input, "manifest": self.manifest, "limit": self.limit,
-                "partition_size": self.partition_size, "partitions_per_wave": self.partitions_per_wave}
+        fingerprint = {"input": self.input, "manifest": self.manifest, "limit": self.limit,
+                       "partition_size": self.partition_size, "partitions_per_wave": self.partitions_per_wave}
+        if self.image_column != "image":  # only when set, so plans frozen before the option still resume
+            fingerprint["image_column"] = self.image_column
+        return fingerprint

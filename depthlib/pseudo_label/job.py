@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import ray
 
 from depthlib import __version__, storage
+from depthlib.archives import plan_entries
 from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.config import PseudoLabelConfig
 from depthlib.pseudo_label.stages import PASSES_PER_CALL, DecodePartition, WritePieces, model_stage_args
@@ -73,19 +74,25 @@ def decode_items(partitions: list[tuple[int, list[str]]], keys_per_task: int) ->
 
 
 def _build_dataset(config: PseudoLabelConfig, partitions: list[tuple[int, list[str]]], sample_every: int,
-                   actor_class=None):
+                   actor_class=None, locators: dict | None = None):
     # Workers do not see the driver's environment: resolve S3 settings here and ship them.
     s3 = storage.S3Config.from_env() if any(storage.is_s3(u) for u in (
         config.input, config.output, config.checkpoint, config.manifest or "")) else None
-    items = decode_items(partitions, config.keys_per_task)
+    decode_args = (config.input, config.input_size, config.max_pixels, config.batch_size, s3,
+                   config.preprocessing, config.reduced_decode)
+    if locators is None:
+        items, decode = decode_items(partitions, config.keys_per_task), DecodePartition(*decode_args)
+    else:  # the plan holds entries of tar archives or Parquet files
+        from depthlib.archives.stage import DecodeContainers, container_items  # it builds on this package
+
+        items = container_items(partitions, locators, config.keys_per_task)
+        decode = DecodeContainers(*decode_args, image_column=config.image_column)
     memory = stage_memory(config)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # The memory request also keeps Ray Data from fusing decoding into the labelling
     # actor (fused operators need identical remote args), where it would run serially
     # with inference instead of on separate CPU tasks.
-    ds = ds.map_batches(DecodePartition(config.input, config.input_size, config.max_pixels, config.batch_size, s3,
-                                        config.preprocessing, config.reduced_decode),
-                        batch_size=1, batch_format="numpy", num_cpus=1, memory=memory["decode"])
+    ds = ds.map_batches(decode, batch_size=1, batch_format="numpy", num_cpus=1, memory=memory["decode"])
     ds = ds.map_batches(**model_stage_args(config, dict(
         checkpoint=config.checkpoint, encoder=config.encoder, metric=config.metric, max_depth=config.max_depth,
         s3=s3, compile=config.compile), actor_class))
@@ -132,7 +139,7 @@ def _discard(output: str, progress: _PartitionProgress) -> None:
 
 
 def _run_wave(config: PseudoLabelConfig, pending: dict[int, list[str]], sample_every: int, log,
-              actor_class=None) -> dict[int, dict]:
+              actor_class=None, locators: dict | None = None) -> dict[int, dict]:
     """Label and commit the ``pending`` partitions (pid -> keys); returns their commit records."""
     out = config.output
     records: dict[int, dict] = {}
@@ -141,7 +148,7 @@ def _run_wave(config: PseudoLabelConfig, pending: dict[int, list[str]], sample_e
         if not todo:
             break
         progress = {pid: _PartitionProgress(set(keys)) for pid, keys in todo.items()}
-        ds = _build_dataset(config, sorted(todo.items()), sample_every, actor_class)
+        ds = _build_dataset(config, sorted(todo.items()), sample_every, actor_class, locators)
         log_every, t_wave = max(1, len(todo) // 10), time.time()
         for rec in _records(ds):
             pid = int(rec["pid"])
@@ -213,8 +220,8 @@ def run_pseudo_label(config: PseudoLabelConfig, log=print, actor_class=None) -> 
     """
     t0 = time.time()
     out = config.output
-    # Lazy: the input is only listed when no plan is frozen yet.
-    keys = (o.key for o in storage.iter_input_keys(config.input, config.manifest))
+    # Lazy: the input is only listed (and its tar archives and Parquet files indexed) when no plan is frozen yet.
+    keys = plan_entries(config.input, config.manifest, config.image_column)
     plan = plan_mod.create_or_load_plan(out, keys, config.plan_fingerprint(), config.partition_size,
                                         config.partitions_per_wave, config.limit,
                                         dedupe=config.manifest is not None)
@@ -235,7 +242,8 @@ def run_pseudo_label(config: PseudoLabelConfig, log=print, actor_class=None) -> 
         else:
             parts = plan_mod.load_chunk(out, chunk)
             pending = {pid: keys for pid, keys in parts if pid not in done}
-            fresh = _run_wave(config, pending, sample_every, log, actor_class) if pending else {}
+            locators = plan_mod.chunk_locators(out, chunk) if pending else None
+            fresh = _run_wave(config, pending, sample_every, log, actor_class, locators) if pending else {}
             done |= set(fresh)
             labelled_now += sum(r["n_labels"] for r in fresh.values())
             chunk_totals = _chunk_totals(out, [pid for pid, _ in parts], fresh)

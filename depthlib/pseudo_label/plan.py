@@ -4,7 +4,9 @@ Layout under ``<output>``::
 
     _plan/meta.json                 the fingerprint and counts, written last (commits the plan)
     _plan/plan-00000.parquet ...    (pid, key) for every input key; each chunk holds whole
-                                    partitions and is one wave of the job
+                                    partitions and is one wave of the job; with container
+                                    input also ``loc``, where in its container a key's bytes
+                                    are (``depthlib.archives.sources``)
     labels/p000012-<digest>.parquet label shards; every file holds keys of ONE partition
     errors/p000012.parquet          skipped keys of partition 12 (key, reason, detail)
     _done/p000012.json              the commit record of partition 12: its files and counts
@@ -99,7 +101,7 @@ def frozen_plan(output: str, fingerprint: dict) -> PlanMeta | None:
     return PlanMeta(**meta)
 
 
-def create_or_load_plan(output: str, keys: Iterable[str], fingerprint: dict, partition_size: int,
+def create_or_load_plan(output: str, keys: Iterable[str | tuple[str, str]], fingerprint: dict, partition_size: int,
                         partitions_per_chunk: int, limit: int | None = None, dedupe: bool = False) -> PlanMeta:
     """Load the frozen plan of ``output`` if there is one (it must match
     ``fingerprint``), else stream ``keys`` into chunk files and freeze it.
@@ -107,7 +109,8 @@ def create_or_load_plan(output: str, keys: Iterable[str], fingerprint: dict, par
     Keys keep their listing (or manifest) order. A listing has no duplicate
     keys; a manifest may, and ``dedupe`` drops repeats exactly (a set of the
     keys seen: memory grows with the manifest). Otherwise memory is bounded by
-    one chunk. ``keys`` is not consumed when a plan exists.
+    one chunk. ``keys`` is not consumed when a plan exists. An item ``(key, locator)``
+    stores the locator beside the key (column ``loc``, read by :func:`chunk_locators`).
     """
     frozen = frozen_plan(output, fingerprint)
     if frozen is not None:
@@ -116,18 +119,24 @@ def create_or_load_plan(output: str, keys: Iterable[str], fingerprint: dict, par
     rows_per_chunk = partition_size * partitions_per_chunk
     seen: set[str] = set()
     chunk: list[str] = []
+    locs: list[str | None] = []
     n_keys = n_chunks = 0
 
     def flush() -> None:
-        nonlocal n_chunks, chunk
+        nonlocal n_chunks, chunk, locs
         first = n_chunks * rows_per_chunk
         pids = [(first + i) // partition_size for i in range(len(chunk))]
-        table = pa.table({"pid": pa.array(pids, pa.int64()), "key": pa.array(chunk, pa.string())})
-        storage.write_bytes(_chunk_uri(output, n_chunks), _table_bytes(table))
+        columns = {"pid": pa.array(pids, pa.int64()), "key": pa.array(chunk, pa.string())}
+        if any(loc is not None for loc in locs):
+            columns["loc"] = pa.array(locs, pa.string())
+        storage.write_bytes(_chunk_uri(output, n_chunks), _table_bytes(pa.table(columns)))
         n_chunks += 1
-        chunk = []
+        chunk, locs = [], []
 
     for key in keys:
+        loc = None
+        if isinstance(key, tuple):
+            key, loc = key
         if limit is not None and n_keys >= limit:
             break
         if dedupe:
@@ -135,6 +144,7 @@ def create_or_load_plan(output: str, keys: Iterable[str], fingerprint: dict, par
                 continue
             seen.add(key)
         chunk.append(key)
+        locs.append(loc)
         n_keys += 1
         if len(chunk) == rows_per_chunk:
             flush()
@@ -152,6 +162,15 @@ def load_chunk(output: str, chunk: int) -> list[tuple[int, list[str]]]:
     for pid, key in zip(table.column("pid").to_pylist(), table.column("key").to_pylist()):
         parts.setdefault(pid, []).append(key)
     return sorted(parts.items())
+
+
+def chunk_locators(output: str, chunk: int) -> dict[str, str | None] | None:
+    """key -> locator of one plan chunk, or None when it has no container entries."""
+    pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(_chunk_uri(output, chunk))))
+    if "loc" not in pf.schema_arrow.names:
+        return None
+    table = pf.read(columns=["key", "loc"])
+    return dict(zip(table.column("key").to_pylist(), table.column("loc").to_pylist()))
 
 
 def list_done(output: str) -> set[int]:

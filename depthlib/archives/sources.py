@@ -1,0 +1,261 @@
+"""Containers on object storage: which listed objects are containers, their entries
+for the plan, and reading entries back on workers.
+
+**Which objects are containers** (:func:`container_kind`, by the object's name,
+case-insensitive): ``.tar``, ``.tar.gz`` and ``.tgz`` are tar archives, ``.parquet``
+files are tables with an image column; any other object is a loose image, as
+before. One input prefix may mix all three. A ``--manifest`` names loose objects
+only.
+
+**Plan entries** (:func:`plan_entries`, on the driver, while the plan is frozen):
+a loose object is its key; every image member of a tar is ``ARCHIVE/MEMBER``
+(``ARCHIVE/INNER.tar/MEMBER`` through a tar of tars) and every row of a Parquet
+file ``FILE/ROW`` (``ARCHIVE``, ``FILE``: the object's path relative to the input
+prefix), each with a *locator*, a short JSON list stored beside the key in the
+plan:
+
+=================================  ==============================================
+``["r", ARCHIVE, OFFSET, SIZE]``   plain tar: the member's bytes, one ranged read
+``["s", ARCHIVE, MEMBER]``         compressed tar: stream the archive to MEMBER
+``["p", FILE, ROW]``               a Parquet row
+``["x", REASON, DETAIL]``          a container (or the part of one) that cannot be
+                                   read: the key is the container; always a skip
+=================================  ==============================================
+
+Indexing reads only tar headers of a plain tar (ranged reads) and the footer of
+a Parquet file; a compressed tar is decompressed once, streamed. Containers are
+indexed by a few driver threads at once, in listing order. A storage error while
+indexing fails the job before the plan is frozen (a rerun indexes again); a
+damaged container becomes an ``x`` entry, so it is recorded, never lost.
+
+**Reading** (:func:`read_entries`, on workers) takes the keys and locators of one
+decoding task and yields every entry's bytes or skip reason exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from depthlib import storage
+from depthlib.archives import parquet as parquet_mod
+from depthlib.archives import tar as tar_mod
+
+PARQUET_SUFFIXES = (".parquet",)
+INDEX_THREADS = 8  # containers indexed at once by the driver (ranged header reads wait on the network)
+COALESCE_GAP = 1 << 20  # neighbouring tar members closer than this are fetched by one ranged read ...
+COALESCE_SPAN = 64 << 20  # ... of at most this many bytes
+_PARQUET_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+# Skip reasons of containers, beside depthlib.images.SKIP_REASONS.
+CONTAINER_SKIP_REASONS = ("corrupt_archive", "truncated_archive", "no_image_column", "corrupt_file")
+
+
+def container_kind(key: str) -> str | None:
+    """``"tar"``, ``"parquet"`` or None (a loose image), from the object's name."""
+    low = key.lower()
+    if low.endswith(tar_mod.ARCHIVE_SUFFIXES):
+        return "tar"
+    if low.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+def dump_locator(loc: list) -> str:
+    return json.dumps(loc, separators=(",", ":"))
+
+
+def index_container(uri: str, key: str, kind: str, image_column: str = "image",
+                    s3: storage.S3Config | None = None) -> list[tuple[str, str]]:
+    """``[(entry key, locator JSON), ...]`` of the container ``key`` at ``uri``, in its order."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def add(entry: str, loc: list) -> None:
+        if entry not in seen:
+            seen.add(entry)
+            out.append((entry, dump_locator(loc)))
+
+    if kind == "parquet":
+        try:
+            with storage.open_input(uri, s3) as f:
+                pf = pq.ParquetFile(f)
+                error = parquet_mod.image_column_error(pf.schema_arrow, image_column)
+                n_rows = pf.metadata.num_rows
+        except _PARQUET_ERRORS as e:
+            add(key, ["x", "corrupt_file", f"not a readable Parquet file: {type(e).__name__}: {e}"[:500]])
+            return out
+        if error:
+            add(key, ["x", "no_image_column", error])
+            return out
+        for row in range(n_rows):
+            add(f"{key}/{row}", ["p", key, row])
+        return out
+    with storage.open_input(uri, s3) as f:
+        for item in tar_mod.index_archive(tar_mod.Window(f)):
+            if isinstance(item, tar_mod.Damage):
+                add(f"{key}/{item.where}" if item.where else key, ["x", item.reason, item.detail])
+            elif item.offset >= 0:
+                add(f"{key}/{item.name}", ["r", key, item.offset, item.size])
+            else:
+                add(f"{key}/{item.name}", ["s", key, item.name])
+    return out
+
+
+def plan_entries(input_uri: str, manifest: str | None = None, image_column: str = "image",
+                 s3: storage.S3Config | None = None, threads: int = INDEX_THREADS) -> Iterator[str | tuple[str, str]]:
+    """What the plan holds, in listing order: a loose object's key, or ``(key, locator)``
+    for each entry of a container. With a manifest: its keys, as before."""
+    if manifest is not None:
+        for obj in storage.iter_input_keys(input_uri, manifest, s3=s3):
+            yield obj.key
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        window: collections.deque = collections.deque()
+        for obj in storage.list_objects(input_uri, s3=s3):
+            kind = container_kind(obj.key)
+            job = None if kind is None else pool.submit(index_container, obj.uri, obj.key, kind, image_column, s3)
+            window.append((obj.key, job))
+            while len(window) > 2 * threads or (window and window[0][1] is None):
+                yield from _drain(window.popleft())
+        while window:
+            yield from _drain(window.popleft())
+
+
+def _drain(entry) -> Iterator[str | tuple[str, str]]:
+    key, job = entry
+    if job is None:
+        yield key
+    else:
+        yield from job.result()
+
+
+def read_entries(input_uri: str, keys: list[str], locs: list[str | None], image_column: str = "image",
+                 s3: storage.S3Config | None = None) -> Iterator[tuple[int, bytes | None, str, str]]:
+    """``(index, data, "", "")`` or ``(index, None, reason, detail)`` for every entry of
+    ``keys``/``locs`` exactly once; entries of one container are read together (a
+    compressed tar in one streamed pass, neighbouring plain-tar members by one ranged
+    read, a Parquet row group once)."""
+    groups: dict[tuple, list[tuple[int, list]]] = {}
+    for i, loc in enumerate(locs):
+        parsed = json.loads(loc) if loc else ["f"]
+        groups.setdefault((parsed[0], parsed[1] if parsed[0] in "rsp" else i), []).append((i, parsed))
+    for (kind, source), entries in groups.items():
+        if kind == "f":
+            (i, _), = entries
+            yield _read_loose(input_uri, keys[i], i, s3)
+        elif kind == "x":
+            for i, loc in entries:
+                yield i, None, loc[1], loc[2]
+        elif kind == "r":
+            yield from _read_ranges(storage.join(input_uri, source), entries, s3)
+        elif kind == "s":
+            yield from _read_stream(storage.join(input_uri, source), entries, s3)
+        elif kind == "p":
+            yield from _read_parquet(storage.join(input_uri, source), entries, image_column, s3)
+        else:
+            for i, _ in entries:
+                yield i, None, "read_error", f"unknown locator kind {kind!r}"
+
+
+def _error_detail(e: BaseException) -> str:
+    return storage.redact(f"{type(e).__name__}: {e}")[:500]
+
+
+def _read_loose(input_uri: str, key: str, i: int, s3) -> tuple[int, bytes | None, str, str]:
+    uri = key if "://" in key or key.startswith("/") else storage.join(input_uri, key)
+    try:
+        return i, storage.read_bytes(uri, s3), "", ""
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable object is a skip, not a crash
+        return i, None, "read_error", _error_detail(e)
+
+
+def _runs(entries: list[tuple[int, list]]) -> Iterator[list[tuple[int, list]]]:
+    """Entries in offset order, cut where the next member is far or the read grows too long."""
+    run: list[tuple[int, list]] = []
+    for entry in sorted(entries, key=lambda e: e[1][2]):
+        _, (_, _, offset, size) = entry
+        if run:
+            start = run[0][1][2]
+            end = max(e[1][2] + e[1][3] for e in run)
+            if offset - end > COALESCE_GAP or offset + size - start > COALESCE_SPAN:
+                yield run
+                run = []
+        run.append(entry)
+    if run:
+        yield run
+
+
+def _read_ranges(uri: str, entries: list[tuple[int, list]], s3) -> Iterator[tuple[int, bytes | None, str, str]]:
+    try:
+        f = storage.open_input(uri, s3)
+    except Exception as e:  # noqa: BLE001
+        for i, _ in entries:
+            yield i, None, "read_error", _error_detail(e)
+        return
+    with f:
+        for run in _runs(entries):
+            start = run[0][1][2]
+            end = max(e[1][2] + e[1][3] for e in run)
+            try:
+                buf = bytes(f.read_at(end - start, start))
+            except Exception as e:  # noqa: BLE001
+                for i, _ in run:
+                    yield i, None, "read_error", _error_detail(e)
+                continue
+            for i, (_, _, offset, size) in run:
+                data = buf[offset - start:offset - start + size]
+                if len(data) != size:
+                    yield i, None, "truncated", f"the archive ends inside the member ({len(data)} of {size} bytes)"
+                else:
+                    yield i, data, "", ""
+
+
+def _read_stream(uri: str, entries: list[tuple[int, list]], s3) -> Iterator[tuple[int, bytes | None, str, str]]:
+    wanted: dict[str, list[int]] = {}
+    for i, loc in entries:
+        wanted.setdefault(loc[2], []).append(i)
+    pending = dict(wanted)
+    damage = None
+    try:
+        with storage.open_input(uri, s3) as f:
+            for item in tar_mod.walk_stream(f, want=set(wanted)):
+                if isinstance(item, tar_mod.Damage):
+                    damage = item
+                    continue
+                member, data, why = item
+                for i in pending.pop(member.name, ()):
+                    yield (i, data, "", "") if data is not None else (i, None, "truncated", why)
+    except Exception as e:  # noqa: BLE001 - the network or the object failed mid-stream
+        reason, detail = "read_error", _error_detail(e)
+    else:
+        if damage is not None:
+            reason, detail = damage.reason, f"not reached: {damage.detail}"
+        else:
+            reason, detail = "read_error", "member not found in the archive (did it change since the plan?)"
+    for indices in pending.values():
+        for i in indices:
+            yield i, None, reason, detail
+
+
+def _read_parquet(uri: str, entries: list[tuple[int, list]], column: str, s3
+                  ) -> Iterator[tuple[int, bytes | None, str, str]]:
+    by_row: dict[int, list[int]] = {}
+    for i, loc in entries:
+        by_row.setdefault(int(loc[2]), []).append(i)
+    pending = dict(by_row)
+    try:
+        with storage.open_input(uri, s3) as f:
+            pf = pq.ParquetFile(f)
+            for row, data, why in parquet_mod.read_rows(pf, column, sorted(by_row)):
+                for i in pending.pop(row):
+                    yield (i, data, "", "") if data is not None else (i, None, "empty", why)
+    except Exception as e:  # noqa: BLE001 - unreadable file or row group: skip what is left
+        for indices in pending.values():
+            for i in indices:
+                yield i, None, "read_error", _error_detail(e)
