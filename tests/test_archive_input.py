@@ -209,7 +209,7 @@ def teacher(tiny_checkpoint) -> str:
 
 def _config(input_uri, output, teacher, **kw) -> PseudoLabelConfig:
     base = dict(input=input_uri, output=output, checkpoint=teacher, encoder="tiny", input_size=INPUT_SIZE,
-                batch_size=4, partition_size=4, partitions_per_wave=3, samples=2, keys_per_task=3)
+                batch_size=4, partition_size=4, partitions_per_wave=8, samples=2, keys_per_task=3)
     base.update(kw)
     return PseudoLabelConfig(**base)
 
@@ -237,7 +237,7 @@ def test_killed_run_resumes_without_duplicates(ray_session, tmp_path, teacher):
     plain = [(f"p/{i:03d}.jpg", _jpeg(200 + i)) for i in range(16)] + [("p/zz_bad.jpg", b"garbage")]
     input_uri = _upload(str(tmp_path), {"a.tar.gz": _tar(gz, "w:gz"), "b.tar": _tar(plain)})
     out = str(tmp_path / "out")
-    flags = dict(partition_size=2, partitions_per_wave=8, batch_size=2, keys_per_task=2, samples=0)
+    flags = dict(partition_size=2, partitions_per_wave=12, batch_size=2, keys_per_task=2, samples=0)
     args = ["--input", input_uri, "--output", out, "--checkpoint", teacher, "--encoder", "tiny",
             "--input-size", str(INPUT_SIZE)] + [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     import ray
