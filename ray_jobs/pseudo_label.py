@@ -5,6 +5,10 @@
         --min-actors 8 --max-actors 8 --batch-size 32
 
 or through ``ray job submit --working-dir . -- python ray_jobs/pseudo_label.py ...``.
+``--input`` may hold tar archives (``.tar``, ``.tar.gz``, ``.tgz``, tars of tars:
+every image member is a sample keyed ``ARCHIVE/MEMBER``) and Parquet files
+(every row, its bytes in ``--image-column``: keyed ``FILE/ROW``) beside loose
+images; see ``depthlib/archives/`` and the README.
 Re-run with the same arguments to resume after any interruption. Outputs:
 ``labels/`` (shards), ``errors/`` (skipped keys with reasons), ``samples/``
 (pictures) and ``summary.json``. See ``depthlib/pseudo_label/plan.py`` for how
