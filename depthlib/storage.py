@@ -544,11 +544,14 @@ def as_storage_error(exc: BaseException, uri: str | None = None) -> StorageError
     gcs = _GCS_ERROR.search(str(exc)) if isinstance(exc, (OSError, pa_lib.ArrowException)) else None
     if gcs:
         code = gcs.group(1)
+        text = str(exc).lower()
+        if "access token" in text or "credentials" in text or "authenticat" in text:
+            # Google's client could not get a token (refused key, revoked refresh token, no
+            # credentials at all): it answers INVALID_ARGUMENT or UNAUTHENTICATED, never retried.
+            if code in _GCS_PERMANENT:
+                return _make_error(False, "access_denied", "access denied (invalid credentials)", code, exc, uri)
         if code in _GCS_PERMANENT:
             reason, words = _GCS_PERMANENT[code]
-            if reason == "access_denied" and ("credentials" in str(exc).lower()
-                                              or "oauth" in str(exc).lower()):
-                words = "access denied (invalid credentials)"
             return _make_error(False, reason, words, code, exc, uri)
         return _make_error(True, "transient", "temporary failure", code, exc, uri)
     if isinstance(exc, FileNotFoundError):
@@ -940,21 +943,32 @@ def _gcs_retry(fn: Callable[[], T], uri: str, fs: pafs.GcsFileSystem) -> T:
 def _write_gcs(uri: str, mv: memoryview, s3: S3Config | None) -> None:
     fs, path = _gcs_object(uri, s3)
     directory, name = path.rsplit("/", 1)
-    tmp = f"{directory}/.{name}{_TMP_MARKER}{uuid.uuid4().hex}"
 
-    def upload() -> None:
+    temps: list[str] = []
+
+    def upload() -> str:
+        tmp = f"{directory}/.{name}{_TMP_MARKER}{uuid.uuid4().hex}"
+        temps.append(tmp)
         stream = fs.open_output_stream(tmp)
         stream.write(mv)
         stream.close()  # the upload is finalised here (an exception above leaves only ``tmp``)
+        # A resumed upload that went wrong (seen with a dropped connection: the client
+        # reported success for a truncated object) must not reach the final name.
+        stored = fs.get_file_info(tmp).size
+        if stored != mv.nbytes:
+            raise TransientStorageError(f"upload of {uri} stored {stored} of {mv.nbytes} bytes",
+                                        uri=uri, reason="transient")
+        return tmp
 
     try:
-        _gcs_retry(upload, uri, fs)
+        tmp = _gcs_retry(upload, uri, fs)
         _retry(lambda: fs.copy_file(tmp, path), uri)  # server-side rewrite: all or nothing
     finally:
-        try:
-            fs.delete_file(tmp)
-        except Exception:  # noqa: BLE001 - a leftover temporary is skipped by listings
-            pass
+        for tmp in temps:
+            try:
+                fs.delete_file(tmp)
+            except Exception:  # noqa: BLE001 - a leftover temporary is skipped by listings
+                pass
 
 
 def _list_gcs(prefix_uri: str, wanted: tuple[str, ...], s3: S3Config | None) -> Iterator[ObjectInfo]:
