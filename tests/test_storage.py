@@ -390,3 +390,198 @@ def test_config_from_environment(s3_server, monkeypatch):
     assert S3Config.from_env() == s3_server.s3_config
     storage.write_bytes(f"s3://{bucket}/env", b"from env")
     assert storage.read_bytes(f"s3://{bucket}/env", s3=s3_server.s3_config) == b"from env"
+
+
+# --------------------------------------------------------------------------- GCS only
+
+
+def test_gcs_config_from_env_and_shipping(monkeypatch):
+    import pickle
+
+    cfg = GcsConfig.from_env({"STORAGE_EMULATOR_HOST": "127.0.0.1:4443", "GOOGLE_CLOUD_PROJECT": "p",
+                              "GOOGLE_APPLICATION_CREDENTIALS": "/keys/sa.json"})
+    # an emulator means anonymous credentials (as Google's client libraries do)
+    assert cfg == GcsConfig(endpoint_url="http://127.0.0.1:4443", project_id="p", anonymous=True)
+    real = GcsConfig.from_env({"GOOGLE_APPLICATION_CREDENTIALS": "/keys/sa.json", "CLOUDSDK_CORE_PROJECT": "q"})
+    assert real == GcsConfig(project_id="q", credentials_file="/keys/sa.json")
+    assert GcsConfig.from_env({}) == GcsConfig() and S3Config.from_env({}).gcs is None
+    # S3Config.from_env, what jobs resolve in the driver and ship, carries the GCS settings
+    shipped = S3Config.from_env({"STORAGE_EMULATOR_HOST": "http://h:1", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE00001",
+                                 "AWS_SECRET_ACCESS_KEY": "s3-secret-value-1"})
+    assert shipped.gcs == GcsConfig(endpoint_url="http://h:1", anonymous=True)
+    assert pickle.loads(pickle.dumps(shipped)) == shipped
+    assert "s3-secret-value-1" not in repr(shipped) and "http://h:1" in repr(shipped)
+    # a worker: set_default_s3(shipped) wins over its own environment
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://elsewhere:2")
+    monkeypatch.setattr(storage, "_PROCESS_DEFAULT", None)
+    assert storage._gcs_config(None).endpoint_url == "http://elsewhere:2"
+    storage.set_default_s3(shipped)
+    assert storage._gcs_config(None) == shipped.gcs
+    storage.set_default_s3(None)
+    with pytest.raises(ValueError):
+        GcsConfig(endpoint_url="h:1")
+    with pytest.raises(ValueError):
+        GcsConfig(anonymous=True, credentials_file="/k.json")
+
+
+def test_gcs_uri_helpers():
+    assert storage.is_gcs("gs://b/k") and not storage.is_gcs("s3://b/k")
+    assert storage.is_remote("gs://b/k") and storage.is_remote("s3://b/k") and not storage.is_remote("/x")
+    # jobs ask is_s3 for "object storage: resolve settings in the driver and ship them"
+    assert storage.is_s3("gs://b/k")
+    assert storage.split_bucket("gs://bucket/a/b") == ("bucket", "a/b")
+    with pytest.raises(ValueError, match="not an s3:// URI"):  # boto3 code paths refuse gs://
+        storage.split_s3("gs://bucket/a")
+    with pytest.raises(ValueError, match="without a bucket"):
+        storage.split_bucket("gs:///a")
+    assert storage.join("gs://b/root/", "x") == "gs://b/root/x"
+    with pytest.raises(ValueError):
+        storage.local_path("gs://b/x")
+
+
+_GCS_STATUS = "google::cloud::Status({}: Permanent error, with a last message of {} error_info={{}})"
+
+
+@pytest.mark.parametrize("exc, expected, reason", [
+    (OSError(_GCS_STATUS.format("UNAVAILABLE", "Retry policy exhausted")), TransientStorageError, "transient"),
+    (OSError(_GCS_STATUS.format("DEADLINE_EXCEEDED", "timeout")), TransientStorageError, "transient"),
+    (OSError(_GCS_STATUS.format("RESOURCE_EXHAUSTED", "rate limit (429)")), TransientStorageError, "transient"),
+    (OSError(_GCS_STATUS.format("INTERNAL", "503")), TransientStorageError, "transient"),
+    (FileNotFoundError(2, _GCS_STATUS.format("NOT_FOUND", "Not Found")), ObjectNotFoundError, "not_found"),
+    (PermissionError(13, _GCS_STATUS.format("PERMISSION_DENIED", "Forbidden")), PermanentStorageError,
+     "access_denied"),
+    (OSError(_GCS_STATUS.format("UNAUTHENTICATED", "Invalid Credentials")), PermanentStorageError,
+     "access_denied"),
+    (OSError(_GCS_STATUS.format("INVALID_ARGUMENT", "Could not create a OAuth2 access token")),
+     PermanentStorageError, "access_denied"),
+    (pa.lib.ArrowInvalid(_GCS_STATUS.format("INVALID_ARGUMENT", "missing project id")), PermanentStorageError,
+     "invalid_request"),
+])
+def test_gcs_error_classification(exc, expected, reason):
+    err = storage.as_storage_error(exc, "gs://bucket/key")
+    assert type(err) is expected and err.reason == reason
+    assert "gs://bucket/key" in str(err)
+
+
+def test_redact_scrubs_google_secrets():
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+    text = storage.redact(f'key file {{"private_key": "{pem}", "client_secret": "GOCSPX-abcdef"}} '
+                          f"Authorization: Bearer ya29.a0AfB_byC-token_value and ya29.other-token")
+    for secret in ("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "GOCSPX-abcdef", "a0AfB_byC-token_value", "other-token"):
+        assert secret not in text
+    assert storage.redact("refresh_token=1//0abcdefgh x") == "refresh_token=*** x"
+
+
+@pytest.mark.gcs
+def test_gcs_missing_bucket_is_a_clear_error_naming_the_bucket(gcs_server):
+    cfg = gcs_server.s3_config
+    for op in (lambda: storage.read_bytes("gs://no-such-bucket-dl/x", s3=cfg),
+               lambda: list(storage.list_objects("gs://no-such-bucket-dl/prefix", s3=cfg)),
+               lambda: storage.write_bytes("gs://no-such-bucket-dl/x", b"1", s3=cfg),
+               lambda: storage.open_input("gs://no-such-bucket-dl/x", s3=cfg)):
+        with pytest.raises(PermanentStorageError, match="no such bucket 'no-such-bucket-dl'") as info:
+            op()
+        assert info.value.reason == "no_such_bucket"
+
+
+@pytest.mark.gcs
+def test_gcs_temporaries_of_interrupted_writes_are_not_listed(gcs_server):
+    """A write interrupted before its copy leaves only a hidden temporary, which listings skip."""
+    bucket = gcs_server.new_bucket()
+    cfg = gcs_server.s3_config
+    fs = storage.gcs_filesystem(cfg.gcs)
+    with fs.open_output_stream(f"{bucket}/p/.shard.parquet.tmp-0123abcd") as f:
+        f.write(b"half")
+    storage.write_bytes(f"gs://{bucket}/p/shard.parquet", b"whole", s3=cfg)
+    assert [o.key for o in storage.list_objects(f"gs://{bucket}/p", s3=cfg)] == ["shard.parquet"]
+    # write_bytes cleans up its own temporary
+    names = [i.path for i in fs.get_file_info(pa.fs.FileSelector(bucket, recursive=True))]
+    assert names == [f"{bucket}/p/.shard.parquet.tmp-0123abcd", f"{bucket}/p/shard.parquet"]
+
+
+@pytest.mark.gcs
+def test_gcs_wrong_credentials_are_a_clear_permanent_error_without_the_secret(gcs_server, tmp_path, monkeypatch):
+    """A key file Google's token endpoint refuses: access denied at once, no secret in any message.
+
+    The emulator accepts any request, so the refusal comes from where GCS's does:
+    the OAuth token exchange (``token_uri`` of an ``authorized_user`` key file,
+    served here by a local endpoint that answers ``invalid_grant`` as Google does).
+    """
+    import http.server
+    import json
+    import threading
+
+    class TokenEndpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps({"error": "invalid_grant", "error_description": "Token has been revoked."}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    token_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
+    threading.Thread(target=token_server.serve_forever, daemon=True).start()
+    client_secret, refresh_token = "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", "1//0wrong-refresh-token-do-not-print"
+    key_file = tmp_path / "adc.json"
+    key_file.write_text(json.dumps({
+        "type": "authorized_user", "client_id": "123.apps.googleusercontent.com", "client_secret": client_secret,
+        "refresh_token": refresh_token, "token_uri": f"http://127.0.0.1:{token_server.server_address[1]}/token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))  # restored after the test
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    bucket = gcs_server.new_bucket()
+    storage.write_bytes(f"gs://{bucket}/k", b"data", s3=gcs_server.s3_config)
+    # the emulator's endpoint, Google's credential chain (not anonymous)
+    cfg = S3Config(gcs=GcsConfig(endpoint_url=gcs_server.endpoint_url, credentials_file=str(key_file)))
+    operations = {
+        "read_bytes": lambda: storage.read_bytes(f"gs://{bucket}/k", s3=cfg),
+        "write_bytes": lambda: storage.write_bytes(f"gs://{bucket}/new", b"x", s3=cfg),
+        "list_objects": lambda: list(storage.list_objects(f"gs://{bucket}/", s3=cfg)),
+        "open_input (pyarrow)": lambda: storage.open_input(f"gs://{bucket}/k", s3=cfg),
+        "exists": lambda: storage.exists(f"gs://{bucket}/k", s3=cfg),
+    }
+    try:
+        for name, op in operations.items():
+            start = time.monotonic()
+            with pytest.raises(PermanentStorageError) as info:
+                op()
+            elapsed = time.monotonic() - start
+            err = info.value
+            text = str(err) + repr(err) + "".join(traceback.format_exception(err))
+            assert err.reason == "access_denied", (name, str(err))
+            assert "access denied (invalid credentials)" in str(err) and f"gs://{bucket}/" in str(err), name
+            assert client_secret not in text and refresh_token not in text, name
+            assert elapsed < 3, f"{name} was retried ({elapsed:.1f}s) instead of failing at once"
+    finally:
+        token_server.shutdown()
+    assert storage.read_bytes(f"gs://{bucket}/k", s3=gcs_server.s3_config) == b"data"
+
+    missing = S3Config(gcs=GcsConfig(endpoint_url=gcs_server.endpoint_url, credentials_file=str(tmp_path / "no.json")))
+    with pytest.raises(PermanentStorageError, match="not a file on this node") as info:
+        storage.read_bytes(f"gs://{bucket}/k", s3=missing)
+    assert info.value.reason == "config"
+
+
+@pytest.mark.gcs
+def test_gcs_dropped_connection_mid_upload_resumes_or_retries_never_truncates(gcs_server, monkeypatch):
+    """Cut the connection once in the middle of a 12 MiB resumable upload (server alive):
+    the object ends complete, never truncated (a resumed upload once reported success
+    for a 0-byte object: write_bytes checks the stored size before the copy)."""
+    from fixtures_gcs import KillingProxy
+
+    monkeypatch.setattr(storage, "GCS_RETRY_TIME_LIMIT_S", 2.0)
+    bucket = gcs_server.new_bucket()
+    proxy = KillingProxy(gcs_server.port, on_threshold=lambda: None, kill_after=6 * 2**20)
+    try:
+        cfg = S3Config(gcs=GcsConfig(endpoint_url=proxy.endpoint_url, anonymous=True))
+        data = os.urandom(12 * 2**20 + 5)
+        storage.write_bytes(f"gs://{bucket}/big.bin", data, s3=cfg)
+        assert proxy.fired.is_set()  # the connection was really cut mid-upload
+        assert storage.read_bytes(f"gs://{bucket}/big.bin", s3=cfg) == data
+        assert [(o.key, o.size) for o in storage.list_objects(f"gs://{bucket}", s3=cfg)] == [("big.bin", len(data))]
+    finally:
+        proxy.close()
