@@ -263,8 +263,10 @@ def test_bad_frames_are_recorded_skips_and_a_rerun_resumes_without_duplicates(tm
     # A run killed before partition 1 committed: its record is gone, its shard half there.
     (tmp_path / "out" / "_done" / "p000001.json").unlink()
     shard = tmp_path / "out" / "shards" / "p000001-00000.parquet"
-    if shard.exists():
-        shard.write_bytes(shard.read_bytes()[:100])
+    assert shard.exists()
+    # ...and an earlier attempt that cut its rows into two files left a second one.
+    (tmp_path / "out" / "shards" / "p000001-00001.parquet").write_bytes(shard.read_bytes())
+    shard.write_bytes(shard.read_bytes()[:100])
     again = run_import(config, **QUIET)
     assert again["this_run"]["tasks_run"] == 1 and again["this_run"]["tasks_resumed"] == 2
     assert (again["written"], again["skipped"]) == (3, 3)

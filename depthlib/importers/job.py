@@ -303,9 +303,10 @@ def import_partition(config: ImportConfig, pid: int, frames: list[PlannedFrame],
                     written += 1
                 except FrameError as e:
                     errors.append({"key": frame.key, "reason": e.reason, "detail": storage.redact(e.detail)})
-                except ValueError as e:  # a label the codec refuses (e.g. values beyond float32)
-                    errors.append({"key": frame.key, "reason": "label_unencodable",
-                                   "detail": storage.redact(f"{frame.key}: {e}")[:500]})
+                except Exception as e:  # noqa: BLE001 - a frame no reader foresaw: recorded, never fatal
+                    reason = "label_unencodable" if isinstance(e, ValueError) else "convert_error"
+                    errors.append({"key": frame.key, "reason": reason,
+                                   "detail": storage.redact(f"{frame.key}: {type(e).__name__}: {e}")[:500]})
     finally:
         files.close()
     outputs = writer.written
