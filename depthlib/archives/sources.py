@@ -50,6 +50,7 @@ PARQUET_SUFFIXES = (".parquet",)
 INDEX_THREADS = 8  # containers indexed at once by the driver (ranged header reads wait on the network)
 COALESCE_GAP = 1 << 20  # neighbouring tar members closer than this are fetched by one ranged read ...
 COALESCE_SPAN = 64 << 20  # ... of at most this many bytes
+STREAM_BUFFER = 8 << 20  # a streamed (gzip) archive is fetched in reads of this size, not one GET per gzip chunk
 _PARQUET_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
 # Skip reasons of containers, beside depthlib.images.SKIP_REASONS.
@@ -97,13 +98,19 @@ def index_container(uri: str, key: str, kind: str, image_column: str = "image",
             add(f"{key}/{row}", ["p", key, row])
         return out
     with storage.open_input(uri, s3) as f:
-        for item in tar_mod.index_archive(tar_mod.Window(f)):
-            if isinstance(item, tar_mod.Damage):
-                add(f"{key}/{item.where}" if item.where else key, ["x", item.reason, item.detail])
-            elif item.offset >= 0:
-                add(f"{key}/{item.name}", ["r", key, item.offset, item.size])
-            else:
-                add(f"{key}/{item.name}", ["s", key, item.name])
+        compressed = bytes(f.read_at(2, 0)) == tar_mod.GZIP_MAGIC
+        if not compressed:
+            items = list(tar_mod.index_seekable(tar_mod.Window(f)))
+    if compressed:
+        with open_stream(uri, s3) as f:
+            items = list(tar_mod.walk_stream(f))
+    for item in items:
+        if isinstance(item, tar_mod.Damage):
+            add(f"{key}/{item.where}" if item.where else key, ["x", item.reason, item.detail])
+        elif item.offset >= 0:
+            add(f"{key}/{item.name}", ["r", key, item.offset, item.size])
+        else:
+            add(f"{key}/{item.name}", ["s", key, item.name])
     return out
 
 
@@ -216,6 +223,14 @@ def _read_ranges(uri: str, entries: list[tuple[int, list]], s3) -> Iterator[tupl
                     yield i, data, "", ""
 
 
+def open_stream(uri: str, s3: storage.S3Config | None = None):
+    """A forward-only stream of the object at ``uri`` read in :data:`STREAM_BUFFER` pieces
+    (a random-access S3 file would issue one GET per small read of the decompressor); no
+    decompression by pyarrow (it would guess it from the name): :mod:`tar` sniffs the bytes."""
+    fs, path = storage.filesystem(uri, s3)
+    return storage.retry(lambda: fs.open_input_stream(path, compression=None, buffer_size=STREAM_BUFFER))
+
+
 def _read_stream(uri: str, entries: list[tuple[int, list]], s3) -> Iterator[tuple[int, bytes | None, str, str]]:
     wanted: dict[str, list[int]] = {}
     for i, loc in entries:
@@ -223,7 +238,7 @@ def _read_stream(uri: str, entries: list[tuple[int, list]], s3) -> Iterator[tupl
     pending = dict(wanted)
     damage = None
     try:
-        with storage.open_input(uri, s3) as f:
+        with open_stream(uri, s3) as f:
             for item in tar_mod.walk_stream(f, want=set(wanted)):
                 if isinstance(item, tar_mod.Damage):
                     damage = item

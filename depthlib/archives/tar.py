@@ -40,6 +40,7 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK = 256 * 1024  # read-ahead of the header walk: one ranged read covers many small members' headers
+STREAM_BLOCK = 8 << 20  # read-ahead when a compressed tar nested in a plain one is streamed
 _FORGET_EVERY = 4096  # tarfile keeps every TarInfo it returns; drop them so 10M members cost no memory
 
 # Errors a damaged archive raises while it is walked (a storage error is not one of them: it propagates).
@@ -241,8 +242,8 @@ def index_archive(reader: Window, nested: tuple[str, ...] = ()) -> Iterator[Memb
     reader.seek(0)
     head = reader.read(2)
     reader.seek(0)
-    if head == GZIP_MAGIC:
-        yield from walk_stream(reader, nested)
+    if head == GZIP_MAGIC:  # larger reads: the whole member is streamed
+        yield from walk_stream(Window(reader.native, reader.base, reader.size, block=STREAM_BLOCK), nested)
     else:
         yield from index_seekable(reader, nested)
 
