@@ -123,6 +123,12 @@ def test_hypersim_split_csv_keeps_the_subset_and_drops_excluded_frames(tmp_path)
     plan, _ = convert_without_ray("hypersim", tmp_path / "in", tmp_path / "val", split=str(tmp_path / "split.csv"),
                                   subset="val")
     assert [f.key.rsplit("/", 1)[-1] for f in plan.frames] == ["frame.0002.tonemap.jpg"]
+    # Depth-Anything-V2's list format (image and depth path per line) works as a split too.
+    (tmp_path / "da2.txt").write_text(
+        "/data/hypersim/ai_001_001/images/scene_cam_00_final_preview/frame.0001.tonemap.jpg "
+        "/data/hypersim/ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0001.depth_meters.hdf5\n")
+    plan, _ = convert_without_ray("hypersim", tmp_path / "in", tmp_path / "da2", split=str(tmp_path / "da2.txt"))
+    assert [f.key.rsplit("/", 1)[-1] for f in plan.frames] == ["frame.0001.tonemap.jpg"]
 
 
 def test_vkitti2_centimetres_sky_both_cameras_all_variants(tmp_path):
@@ -386,7 +392,7 @@ def test_entry_script_refuses_bad_settings_and_empty_input_before_ray(tmp_path, 
                          "--limit", "1"], capsys)
     assert "other settings" in msg
     with pytest.raises(ImportInputError, match="not Hypersim's split CSV"):
-        (tmp_path / "bad_split.csv").write_text("a,b\n1,2\n")
+        (tmp_path / "bad_split.csv").write_text("scene_name,b\n1,2\n")
         hs, _ = fx.hypersim_files(frames=(0,))
         fx.write_tree(tmp_path / "hs", hs)
         prepare(ImportConfig(dataset="hypersim", input=str(tmp_path / "hs"), output=str(tmp_path / "o3"),

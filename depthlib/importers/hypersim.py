@@ -29,7 +29,9 @@ Facts, from apple/ml-hypersim:
   with columns ``scene_name, camera_name, frame_id,
   included_in_public_release, exclude_reason, split_partition_name``; frames
   not included in the public release have no partition. ``--split FILE``
-  keeps the frames of ``--subset`` (train, val, test) that are included.
+  keeps the frames of ``--subset`` (train, val, test) that are included; a
+  split file without that header is read as a list of image paths (e.g.
+  Depth-Anything-V2's ``splits/hypersim/train.txt``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ NOMINAL_M_CAM_FROM_UV = np.array([[NOMINAL_SIZE[1] / 2 / NOMINAL_FOCAL_PX, 0.0, 
                                   [0.0, NOMINAL_SIZE[0] / 2 / NOMINAL_FOCAL_PX, 0.0],
                                   [0.0, 0.0, -1.0]])
 HDF5_DATASET = "dataset"
+SPLIT_HEADER = "scene_name"
+"""The official split CSV's header starts so; any other --split file is a list of image paths."""
 
 _IMAGE = re.compile(r"(?:^|/)(ai_\d{3}_\d{3})/images/scene_(cam_\d+)_final_preview/frame\.(\d+)\.tonemap\.jpg$")
 _DEPTH = re.compile(r"(?:^|/)(ai_\d{3}_\d{3})/images/scene_(cam_\d+)_geometry_hdf5/frame\.(\d+)\.depth_meters\.hdf5$")

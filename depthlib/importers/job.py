@@ -59,8 +59,8 @@ class ImportConfig:
     output: str = field(metadata={"help": "URI where shards/, errors/ and summary.json are written"})
     split: Optional[str] = field(default=None, metadata={
         "help": "hypersim: the official metadata_images_split_scene_v1.csv (frames of --subset included in "
-                "the release); other datasets: a text file with an image path per line (first token; a "
-                "frame is kept when a line's path ends with its key, e.g. Depth-Anything-V2's split lists)"})
+                "the release); any dataset: a text file with an image path per line (first token; a frame "
+                "is kept when a line's path ends with its key, e.g. Depth-Anything-V2's split lists)"})
     subset: Literal["train", "val", "test"] = field(default="train", metadata={
         "help": "hypersim --split: which partition to import"})
     hypersim_camera_parameters: Optional[str] = field(default=None, metadata={
@@ -211,7 +211,8 @@ def prepare(config: ImportConfig, log=print) -> Plan:
     if config.split:
         text = _read_text(config.split, "--split")
         try:
-            keep = module.load_split(text, config.subset) if hasattr(module, "load_split") else list_split(text)
+            own = hasattr(module, "load_split") and module.SPLIT_HEADER in text.split("\n", 1)[0]
+            keep = module.load_split(text, config.subset) if own else list_split(text)
         except ValueError as e:
             raise ImportInputError(f"--split {storage.redact(config.split)}: {e}") from None
     t0 = time.time()
