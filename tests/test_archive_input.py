@@ -239,7 +239,8 @@ def test_killed_run_resumes_without_duplicates(ray_session, tmp_path, teacher):
     out = str(tmp_path / "out")
     flags = dict(partition_size=2, partitions_per_wave=12, batch_size=2, keys_per_task=2, samples=0)
     args = ["--input", input_uri, "--output", out, "--checkpoint", teacher, "--encoder", "tiny",
-            "--input-size", str(INPUT_SIZE)] + [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+            "--input-size", str(INPUT_SIZE)]
+    args += [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     import ray
 
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
@@ -267,3 +268,60 @@ def test_killed_run_resumes_without_duplicates(ray_session, tmp_path, teacher):
     assert len(keys) == len(set(keys)) and set(keys) == expected
     assert summary["labelled"] == 40 and summary["skipped_by_reason"] == {"not_an_image": 1}
     assert summary["this_run"]["labelled"] == 40 - sum(r["n_labels"] for r in before.values())
+
+
+class _Counting:
+    """A storage file that counts the bytes asked of it (what crossed the network on S3)."""
+
+    def __init__(self, f, log: list):
+        self.f, self.log = f, log
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def size(self):
+        return self.f.size()
+
+    def read_at(self, n, offset):
+        data = self.f.read_at(n, offset)
+        self.log.append(len(data))
+        return data
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.log.append(len(data))
+        return data
+
+
+def test_reads_are_ranged_or_streamed(storage_root, monkeypatch):
+    """A plain tar is indexed from its headers and a member read by its range; a gzip
+    tar is read in one forward pass that stops after the last wanted member."""
+    rng = np.random.default_rng(0)
+    members = [(f"{i}.jpg", rng.bytes(1 << 20)) for i in range(6)]  # incompressible: gzip keeps the size
+    input_uri = _upload(storage_root.uri, {"a.tar": _tar(members), "b.tar.gz": _tar(members, "w:gz")})
+    size = len(_tar(members))
+    opened, ranged, streamed = [], [], []
+    open_input, open_stream = storage.open_input, sources.open_stream
+    monkeypatch.setattr(storage, "open_input", lambda uri, s3=None: opened.append(uri) or _Counting(
+        open_input(uri, s3), ranged))
+    monkeypatch.setattr(sources, "open_stream", lambda uri, s3=None: opened.append(uri) or _Counting(
+        open_stream(uri, s3), streamed))
+    monkeypatch.setattr(sources, "STREAM_BUFFER", 64 << 10)
+
+    plain = sources.index_container(storage.join(input_uri, "a.tar"), "a.tar", "tar")
+    assert [k for k, _ in plain] == [f"a.tar/{n}" for n, _ in members]
+    assert sum(ranged) < 0.3 * size  # headers, and the blocks they sit in: not the members
+    ranged.clear()
+    got = list(sources.read_entries(input_uri, ["a.tar/3.jpg"], [plain[3][1]]))
+    assert got == [(0, members[3][1], "", "")] and sum(ranged) == len(members[3][1])
+
+    gz = sources.index_container(storage.join(input_uri, "b.tar.gz"), "b.tar.gz", "tar")
+    assert [json.loads(loc)[0] for _, loc in gz] == ["s"] * 6
+    streamed.clear()
+    opened.clear()
+    got = list(sources.read_entries(input_uri, ["b.tar.gz/0.jpg", "b.tar.gz/1.jpg"], [gz[0][1], gz[1][1]]))
+    assert [(i, data) for i, data, _, _ in got] == [(0, members[0][1]), (1, members[1][1])]
+    assert len(opened) == 1 and 2 << 20 <= sum(streamed) < 3 << 20  # one pass, stopped after 1.jpg

@@ -321,7 +321,8 @@ def walk_stream(raw: Any, nested: tuple[str, ...] = (), want: set[str] | None = 
             if remaining is not None and remaining <= 0:
                 return
     except FORMAT_ERRORS as e:
-        yield Damage(where, _reason(e), f"at byte {tail.pos} of the tar stream: {_describe(e)}; later members are not listed")
+        yield Damage(where, _reason(e),
+                     f"at byte {tail.pos} of the tar stream: {_describe(e)}; later members are not listed")
         return
     damage = _end_damage(where, tail.block_at(tf.offset), tf.offset)
     if damage:
