@@ -117,7 +117,8 @@ def test_hypersim_split_csv_keeps_the_subset_and_drops_excluded_frames(tmp_path)
         "ai_001_001,cam_00,0,True,,train\n"
         "ai_001_001,cam_00,1,False,OUTSIDE VIEWING AREA (BAD TRAJECTORY),\n"
         "ai_001_001,cam_00,2,True,,val\n")
-    plan, records = convert_without_ray("hypersim", tmp_path / "in", tmp_path / "out", split=str(tmp_path / "split.csv"))
+    plan, records = convert_without_ray("hypersim", tmp_path / "in", tmp_path / "out",
+                                        split=str(tmp_path / "split.csv"))
     assert [f.key for f in plan.frames] == ["ai_001_001/images/scene_cam_00_final_preview/frame.0000.tonemap.jpg"]
     assert plan.meta["dropped_by_split"] == 2 and sum(r["written"] for r in records) == 1
     plan, _ = convert_without_ray("hypersim", tmp_path / "in", tmp_path / "val", split=str(tmp_path / "split.csv"),

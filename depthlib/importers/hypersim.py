@@ -47,7 +47,8 @@ from depthlib.importers.base import FrameError, Label, decode_failure
 NAME = "hypersim"
 DEPTH_TYPE = "metric_depth"
 SOURCE = "apple/ml-hypersim README and contrib/mikeroberts3000 (metadata_camera_parameters.csv)"
-LAYOUT = "ai_VVV_NNN/images/scene_cam_XX_{final_preview/frame.IIII.tonemap.jpg,geometry_hdf5/frame.IIII.depth_meters.hdf5}"
+LAYOUT = ("ai_VVV_NNN/images/scene_cam_XX_{final_preview/frame.IIII.tonemap.jpg,"
+          "geometry_hdf5/frame.IIII.depth_meters.hdf5}")
 NOMINAL_FOCAL_PX = 886.81
 NOMINAL_SIZE = (768, 1024)  # height, width
 NOMINAL_M_CAM_FROM_UV = np.array([[NOMINAL_SIZE[1] / 2 / NOMINAL_FOCAL_PX, 0.0, 0.0],

@@ -199,7 +199,8 @@ def prepare(config: ImportConfig, log=print) -> Plan:
     try:
         have = json.loads(storage.read_bytes(meta_uri)) if storage.exists(meta_uri) else None
     except (storage.StorageError, OSError, ValueError) as e:
-        raise ImportInputError(f"--output {storage.redact(config.output)} cannot be read: {storage.redact(e)}") from None
+        raise ImportInputError(f"--output {storage.redact(config.output)} cannot be read: "
+                               f"{storage.redact(e)}") from None
     if have is not None:
         if have["settings"] != want:
             raise ImportInputError(f"{storage.redact(config.output)} holds an import with other settings "
