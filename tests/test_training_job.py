@@ -25,7 +25,7 @@ import torch
 from depthlib import shards, storage
 from depthlib.evaluation.protocol import Protocol, score, valid_pixels
 from depthlib.inference import predict_images
-from depthlib.models import build_model, load_released
+from depthlib.models import build_model, load_released, released_bytes
 from depthlib.training.config import PRESETS, TrainConfig
 from depthlib.training.data import ERRORS_DIR, load_validation_rows
 from depthlib.training.job import RUN_NAME, TrainingInputError, run_training
@@ -135,15 +135,22 @@ def test_teacher_run_outputs(teacher):
     out = teacher["output"]
     rows = _rows(out)
     steps = [r["step"] for r in rows]
-    assert steps == sorted(set(steps)) and steps[-1] == 300 and steps[0] == 10
-    for r in rows:
-        assert {"step", "time", "loss", "ssi", "gm", "lr", "images_per_s"} <= set(r)
+    assert steps == sorted(set(steps)) and steps[-1] == 300 and steps[:2] == [0, 10]
+    for r in rows[1:]:
+        assert {"step", "time", "loss", "ssi", "gm", "pred_zero", "grad_norm", "lr", "images_per_s"} <= set(r)
     val = [r for r in rows if "val_abs_rel" in r]
-    assert [r["step"] for r in val] == [100, 200, 300] and all("val_d1" in r for r in val)
+    # step 0: the untrained model, and the held-out set's image-blind layout prior
+    assert [r["step"] for r in val] == [0, 100, 200, 300] and all("val_d1" in r for r in val)
+    assert rows[0]["val_layout_prior_abs_rel"] > 0
+    verdict = json.loads(storage.read_bytes(storage.join(out, "run_state.json")))["learning"]
+    print(f"\nteacher learning verdict: {verdict}")
+    assert verdict["learned"] and verdict["basis"] == "val_abs_rel" and rows[-1]["learned"] == 1
+    assert verdict["last"] == rows[-1]["val_abs_rel"] and verdict["start"] == rows[0]["val_abs_rel"]
     assert rows[-1]["lr"] == 0.0 and max(r["lr"] for r in rows) == pytest.approx(2e-4, rel=0.05)
     config = json.loads(storage.read_bytes(storage.join(out, "config.json")))
     assert config["config"]["stage"] == "teacher" and config["global_batch"] == 16
-    for name in ("curves.png", "samples/step-00000300.png", "data_index.json", "run_state.json"):
+    for name in ("curves.png", "samples/step-00000000.png", "samples/step-00000300.png", "data_index.json",
+                 "run_state.json"):
         assert storage.exists(storage.join(out, name)), name
     kept = sorted(p.name for p in Path(out, RUN_NAME).glob("step-*"))
     assert len(kept) <= 3 and "step-00000300" in kept
@@ -159,6 +166,51 @@ def test_teacher_run_outputs(teacher):
     with torch.no_grad():
         torch.testing.assert_close(model(x), ckpt_model.eval()(x))
         assert not torch.allclose(model(x), build_model("tiny").eval()(x))
+
+
+def test_a_run_with_a_dead_output_is_flagged_as_not_learning(data, tmp_path):
+    """A broken setup that finishes normally and says so: a start whose relative
+    head outputs 0 everywhere (its final ReLU below zero) passes no gradient, so
+    nothing moves. Measured on these scenes, weaker breakages still improve on
+    the random start: labels shuffled against their images by 24% (the model
+    learns the scenes' average layout), labels replaced by noise by 12% (haze
+    makes brightness a depth cue); the 5% margin does not flag them."""
+    model = build_model("tiny")
+    torch.nn.init.constant_(model.depth_head.scratch.output_conv2[2].bias, -50.0)
+    start = tmp_path / "dead.pth"
+    start.write_bytes(released_bytes(model.state_dict(), "tiny"))
+    output = str(tmp_path / "dead")
+    cfg = _config(data=[data["synthetic"]], val_data=data["synthetic_val"], output=output, steps=20,
+                  val_every=1000, checkpoint_every=1000, val_limit=16, init_from=str(start))
+    summary = run_training(cfg, start_retries=0)
+    verdict = summary["learning"]
+    rows = _rows(output)
+    print(f"\ndead output: {verdict}")
+    assert verdict["basis"] == "val_abs_rel" and not verdict["learned"] and rows[-1]["learned"] == 0
+    assert all(r["pred_zero"] == 1.0 for r in rows if "pred_zero" in r)
+
+
+def test_deterministic_runs_give_the_same_model_bit_for_bit(data, tmp_path):
+    """``--deterministic``: two runs of one command, 2 workers, CutMix and colour
+    augmentation on: the same weights exactly, the same metrics rows (but time
+    and speed). A run whose workers fail after a checkpoint resumes to the same
+    weights as the uninterrupted one."""
+    def run(name: str, **kw) -> tuple[dict, list[dict]]:
+        output = str(tmp_path / name)
+        cfg = _config(data=[data["synthetic"]], output=output, steps=24, log_every=4, checkpoint_every=12,
+                      val_every=1000, deterministic=True, cutmix=True, color_jitter=True, rows_per_group=16, **kw)
+        run_training(cfg, start_retries=0)
+        weights = torch.load(storage.join(output, "model.pth"), weights_only=True)
+        rows = [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in _rows(output)]
+        return weights, rows
+
+    a, rows_a = run("a")
+    b, rows_b = run("b")
+    assert rows_a == rows_b and len(rows_a) == 6
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # every worker fails right after the checkpoint at step 12; the run resumes from it
+    c, rows_c = run("c", fail_at_step=12, max_failures=1)
+    assert rows_c == rows_a and all(torch.equal(a[k], c[k]) for k in a)
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_ledger_merges_workers_and_finds_first_unfinished_group():
     b.consume([1, 1, 1, 1, 2, 2, 4, 4, 4, 4])  # group 1 whole, group 2 the other half, group 4 whole
     gathered = [dict(a.counts), dict(b.counts)]  # what all_gather gives every worker
     pos = a.merge(gathered, _rows)
-    assert pos == DataPosition(3, frozenset({4}))
+    assert pos == DataPosition(3, frozenset({4}), partial=((3, 1),))
     assert b.merge(gathered, _rows) == pos  # every worker computes the same position
     assert a.counts == {3: 1} and b.counts == {}  # finished groups are forgotten
     # later: group 3 finishes on worker b; the position moves past 4 (already done)
@@ -134,7 +134,7 @@ def test_ledger_merges_workers_and_finds_first_unfinished_group():
     gathered = [dict(a.counts), dict(b.counts)]
     assert gathered == [{3: 1}, {3: 3, 5: 1}]
     pos2 = a.merge(gathered, _rows)
-    assert pos2 == DataPosition(5, frozenset()) == b.merge(gathered, _rows)
+    assert pos2 == DataPosition(5, frozenset(), partial=((5, 1),)) == b.merge(gathered, _rows)
     assert a.counts == {} and b.counts == {5: 1}
 
 
@@ -142,7 +142,7 @@ def test_ledger_starting_from_a_resume_position_keeps_its_skips():
     start = DataPosition(10, frozenset({12, 13}))
     led = ConsumptionLedger(start)
     led.consume([10] * 4 + [11] * 2)
-    assert led.merge([led.counts], _rows) == DataPosition(10 + 1, frozenset({12, 13}))
+    assert led.merge([led.counts], _rows) == DataPosition(10 + 1, frozenset({12, 13}), partial=((11, 2),))
     led.consume([11, 11])
     assert led.merge([led.counts], _rows) == DataPosition(14, frozenset())
 
@@ -224,3 +224,27 @@ def test_weighted_data_sources_index_and_config(tmp_path):
         TrainConfig(stage="teacher", output="o", data=[f"{tmp_path / 'hypersim'}:1", str(tmp_path / "vkitti")])
     with pytest.raises(ValueError, match="under two weighted"):
         build_shard_index([f"{tmp_path}:1", f"{tmp_path / 'vkitti'}:1"])
+
+
+def test_in_flight_groups_resume_after_their_consumed_prefix():
+    """--deterministic: a group half consumed at a checkpoint resumes after its
+    consumed rows; the resumed ledgers (every rank holds the base) finish it."""
+    plan = GroupPlan(_index(), seed=0, rows_per_group=8)
+    rows = [plan.group_rows(g) for g in range(3)]
+    workers = [ConsumptionLedger(DataPosition()) for _ in range(2)]
+    workers[0].consume([0] * rows[0] + [2] * 3)
+    workers[1].consume([1] * 2)
+    counts = [w.counts for w in workers]
+    pos = workers[0].merge(counts, plan.group_rows)
+    assert pos == workers[1].merge(counts, plan.group_rows)
+    assert pos.next_group == 1 and pos.partial == ((1, 2), (2, 3))
+    assert DataPosition.from_dict(pos.to_dict()) == pos
+    resumed = [ConsumptionLedger(pos, resume_partial=True) for _ in range(2)]
+    resumed[0].consume([2] * (rows[2] - 3))
+    resumed[1].consume([1] * (rows[1] - 2))
+    counts = [w.counts for w in resumed]
+    assert resumed[0].merge(counts, plan.group_rows) == resumed[1].merge(counts, plan.group_rows) == DataPosition(3)
+    # the shared stream replays in-flight groups whole: its ledger ignores the prefix
+    replay = ConsumptionLedger(pos)
+    replay.consume([1] * rows[1])
+    assert replay.merge([replay.counts], plan.group_rows).next_group == 2

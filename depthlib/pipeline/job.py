@@ -39,12 +39,16 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict:
     report = {
         "models": models, "benchmarks": benchmarks, "metric_from": plan.base_student, "protocol": protocol,
         "metric_baseline": baseline,
-        "stages": {n: {"status": o.status, "seconds": o.seconds} for n, o in outcomes.items()},
+        "stages": {n: {"status": o.status, "seconds": o.seconds,
+                       **({"learning": o.summary["learning"]} if o.summary.get("learning") else {})}
+                   for n, o in outcomes.items()},
         "seconds": round(time.time() - t0, 1), "storage": storage.redact(plan.root),
         "pictures": {k: storage.redact(v) for k, v in report_mod.pictures(plan).items()},
         "preset": config.preset,
     }
     report_mod.write(plan.root, report)
     log("[pipeline] results:\n" + report_mod.format_table(models, protocol, plan.base_student, baseline))
+    for name, verdict in report_mod.not_learning(report).items():
+        log(f"[pipeline] WARNING: stage {name} did not learn: {report_mod.learning_note(verdict)}")
     log(f"[pipeline] report: {storage.redact(storage.join(plan.root, 'report.md'))} ({report['seconds']:.0f}s)")
     return report

@@ -6,7 +6,7 @@ Written after every run as ``<storage>/report.json`` and ``report.md``::
                     {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}, "street": {...}}},
      "benchmarks": {model: {dataset: {"abs_rel", "d1"} or {"accuracy"}}},
      "metric_baseline": {"median_depth": m, "sets": {set: {"abs_rel", "d1"}}},
-     "metric_from": "student_<enc>", "stages": {stage: {"status", "seconds"}}, "seconds": ..., "pictures": {...}}
+     "metric_from": "student_<enc>", "stages": {stage: {"status", "seconds"[, "learning"]}}, "seconds": ..., "pictures": {...}}
 
 AbsRel and delta1 of relative models are after the per-image least-squares
 scale and shift in disparity (the zero-shot protocol); the metric model's are
@@ -162,11 +162,33 @@ def markdown(report: dict) -> str:
         lines.append(f"- **{name}** benchmarks: " + ", ".join(
             f"{n} {100 * e['accuracy']:.1f}%" if "accuracy" in e else f"{n} AbsRel {e['abs_rel']:.3f} δ1 {e['d1']:.3f}"
             for n, e in entries.items()))
-    lines += ["", "## Stages", "", "| stage | this run | seconds |", "|---|---|---|"]
-    lines += [f"| {n} | {s['status']} | {s['seconds']:.0f} |" for n, s in report["stages"].items()]
+    lines += ["", "## Stages", "", "| stage | this run | seconds | learned |", "|---|---|---|---|"]
+    lines += [f"| {n} | {s['status']} | {s['seconds']:.0f} | {_learned_cell(s.get('learning'))} |"
+              for n, s in report["stages"].items()]
+    flagged = not_learning(report)
+    if flagged:
+        lines += ["", "**Stages that did not learn** (a flag, not a stop; see their curves.png): "
+                  + "; ".join(f"{n}: {learning_note(v)}" for n, v in flagged.items())]
     lines += ["", "## Pictures and reports", ""]
     lines += [f"- {k}: `{v}`" for k, v in report["pictures"].items()]
     return "\n".join(lines) + "\n"
+
+
+def learning_note(verdict: dict) -> str:
+    return (f"{verdict['basis']} {verdict['start']:.3f} at the start, {verdict['last']:.3f} at the end "
+            f"(improvement {verdict['improvement']}, margin {verdict['margin']})")
+
+
+def _learned_cell(verdict: dict | None) -> str:
+    if not verdict:
+        return ""
+    return ("yes" if verdict["learned"] else "**NO**") + f" ({verdict['basis']} {verdict['start']:.3f} → {verdict['last']:.3f})"
+
+
+def not_learning(report: dict) -> dict[str, dict]:
+    """Training stages whose run flagged itself as not learning (``run_state.json`` ``learning``)."""
+    return {n: s["learning"] for n, s in report.get("stages", {}).items()
+            if s.get("learning") and not s["learning"]["learned"]}
 
 
 def write(root: str, report: dict) -> None:

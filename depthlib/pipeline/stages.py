@@ -280,7 +280,7 @@ def _train_stage(name: str, tc, root: str, needs: tuple[str, ...]) -> Stage:
         if summary.get("finished_step", 0) < tc.steps:
             raise RuntimeError(f"training stage {name} ended at step {summary.get('finished_step')} of {tc.steps}")
         return {k: summary.get(k) for k in ("finished_step", "final", "best_val_abs_rel", "wall_s",
-                                            "data_rows_skipped")}
+                                            "data_rows_skipped", "learning")}
 
     what = {"teacher": "teacher on synthetic depth", "metric": "metric fine-tune"}.get(name, "student on pseudo labels")
     return Stage(name, _settings(tc, TRAIN_OPERATIONAL, root), run, ("model.pth", "run_state.json"), needs,

@@ -103,10 +103,19 @@ class TrainConfig:
         "help": "torch.compile each encoder block for training (inductor: fused kernels, faster steps after a "
                 "one-off compilation at the start of each worker; validation stays eager); the same weights "
                 "either way"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "the same command gives the same model bit for bit (on the same machine type and worker count): "
+                "each worker streams its own groups (group g goes to worker g %% workers) in order instead of "
+                "taking blocks from a shared stream as they finish, and torch uses deterministic kernels. "
+                "Data loading stays parallel; a worker whose next group is slow waits for it"})
 
     # Validation, checkpoints, logging.
     val_every: int = field(default=1000, metadata={"help": "validate every K steps (and at the end)"})
     val_limit: int = field(default=256, metadata={"help": "validate on at most this many held-out images"})
+    learn_margin: float = field(default=0.05, metadata={
+        "help": "flag the run as not learning (run_state.json, the final metrics row, the pipeline report) "
+                "unless its last validation AbsRel (without --val-data: training loss) is at least this "
+                "fraction below the step-0 one; a flag, not a stop"})
     val_min_depth: float = field(default=0.1, metadata={"help": "relative validation: smallest depth counted, m"})
     val_max_depth: float = field(default=100.0, metadata={"help": "relative validation: largest depth counted, m"})
     samples: int = field(default=4, metadata={"help": "validation images drawn in samples/ at each validation"})
@@ -155,6 +164,8 @@ class TrainConfig:
             raise ValueError(f"need 0 < --min-depth < --max-depth, got {self.min_depth}, {self.max_depth}")
         if not 0 <= self.val_min_depth < self.val_max_depth:
             raise ValueError("need 0 <= --val-min-depth < --val-max-depth")
+        if not 0 <= self.learn_margin < 1:
+            raise ValueError(f"--learn-margin must be in [0, 1), got {self.learn_margin}")
         if self.warmup_steps < 0 or self.lr <= 0 or self.head_lr_multiplier <= 0:
             raise ValueError("--warmup-steps must be >= 0, --lr and --head-lr-multiplier > 0")
         if self.fsdp and self.workers < 2:
@@ -207,7 +218,7 @@ def split_data_weight(item: str) -> tuple[str, float | None]:
 RESUMABLE_CHANGES = frozenset({
     "steps", "workers", "gpus_per_worker", "cpus_per_worker", "data_cpus", "grad_accum", "global_batch_size",
     "val_every", "val_limit", "samples", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
-    "tracker", "wandb_project", "preset", "fail_at_step", "compile",
+    "tracker", "wandb_project", "preset", "fail_at_step", "compile", "learn_margin",
 })
 
 

@@ -208,24 +208,29 @@ def examples_of_group(plan: GroupPlan, group: int, spec: ExampleSpec, errors_uri
     return out
 
 
-def load_groups(batch: dict[str, np.ndarray], *, plan_ref, spec: ExampleSpec, first_group: int,
-                skip: frozenset, errors_uri: str | None, s3: storage.S3Config | None):
-    """Ray Data UDF: ids ``0..n`` of the group list -> the examples of groups
-    ``first_group + id`` (skipping the ``skip`` set), one output batch per group."""
+def load_groups(batch: dict[str, np.ndarray], *, plan_ref, spec: ExampleSpec, errors_uri: str | None,
+                s3: storage.S3Config | None):
+    """Ray Data UDF: group ids -> the examples of each group, one output batch per group."""
     storage.set_default_s3(s3)
     plan = _plan(plan_ref)
-    for i in batch["id"]:
-        group = first_group + int(i)
-        if group not in skip:
-            yield examples_of_group(plan, group, spec, errors_uri)
+    for group in batch["group"]:
+        yield examples_of_group(plan, int(group), spec, errors_uri)
 
 
 def train_dataset(plan_ref, plan: GroupPlan, spec: ExampleSpec, start: DataPosition, end_group: int,
-                  data_cpus: float, errors_uri: str | None, s3: storage.S3Config | None):
-    """The training stream from ``start`` up to ``end_group`` (exclusive)."""
+                  data_cpus: float, errors_uri: str | None, s3: storage.S3Config | None,
+                  rank: int = 0, world: int = 1):
+    """The training stream from ``start`` up to ``end_group`` (exclusive),
+    skipping the groups ``start`` already finished.
+
+    ``rank``/``world``: only the groups ``g`` with ``g % world == rank`` (one
+    worker's own stream, ``--deterministic``); the default is every group, for
+    Ray Train to split among the workers."""
     import ray
 
-    n = max(1, end_group - start.next_group)
+    groups = [g for g in range(start.next_group, max(end_group, start.next_group + 1))
+              if g % world == rank and not start.is_done(g)]
+    n = len(groups)
     # Memory per task: the process (torch, pyarrow: ~0.5 GiB) plus a group's
     # examples and their decoded sources.
     bytes_per_row = spec.crop * spec.crop * (3 + 4 + 1 + 1) + 2 * 2**20
@@ -233,12 +238,11 @@ def train_dataset(plan_ref, plan: GroupPlan, spec: ExampleSpec, start: DataPosit
     # The ids are made here rather than by ray.data.range, whose read tasks each
     # ask for one whole CPU: on nodes where the training workers leave less than
     # that free, they would never be scheduled and the stream would wait forever.
-    ds = ray.data.from_items([{"id": i} for i in range(n)], override_num_blocks=min(n, MAX_BLOCKS))
+    ds = ray.data.from_items([{"group": g} for g in groups], override_num_blocks=max(1, min(n, MAX_BLOCKS)))
     return ds.map_batches(
         load_groups, batch_size=1, batch_format="numpy", num_cpus=data_cpus,
         memory=2**29 + rows * bytes_per_row,
-        fn_kwargs=dict(plan_ref=plan_ref, spec=spec, first_group=start.next_group,
-                       skip=frozenset(start.skip), errors_uri=errors_uri, s3=s3))
+        fn_kwargs=dict(plan_ref=plan_ref, spec=spec, errors_uri=errors_uri, s3=s3))
 
 
 def count_data_errors(errors_uri: str) -> int:

@@ -231,8 +231,10 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
                 checkpoint_score_attribute="val_abs_rel" if cfg.val_data else None,
                 checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=start_retries)),
-        datasets={"train": TrainDataset(out, plan_ref, plan, spec, cfg.steps, cfg.global_batch, cfg.data_cpus, s3)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # --deterministic: each worker builds its own ordered stream (loop.Trainer._own_stream)
+        datasets={} if cfg.deterministic else {
+            "train": TrainDataset(out, plan_ref, plan, spec, cfg.steps, cfg.global_batch, cfg.data_cpus, s3)},
+        dataset_config=DataConfig(datasets_to_split=[] if cfg.deterministic else ["train"]),
     )
     result = trainer.fit()
     summary = read_run_state(out) or {}

@@ -44,6 +44,7 @@ from depthlib.training.objectives import STAGES, MetricObjective, RelativeObject
 from depthlib.training.optim import make_optimizer, make_scheduler
 from depthlib.training.parallel import compile_model, is_distributed, optimizer_step, wrap_for_workers
 from depthlib.training.plan import ConsumptionLedger, GroupPlan
+from depthlib.training.progress import learning_verdict
 from depthlib.training.state import (TrainState, read_checkpoint_dir, set_rng_state, write_checkpoint_dir,
                                      write_run_state)
 from depthlib.training.weights import frozen_encoder, initialise, start_metric_head_at
@@ -108,18 +109,23 @@ def rebatch(batches, batch_size: int, keep):
 class Trainer:
     """One worker's training state and loop (see the module docstring)."""
 
-    def __init__(self, cfg: TrainConfig, plan: GroupPlan, run_name: str):
+    def __init__(self, cfg: TrainConfig, plan: GroupPlan, run_name: str, plan_ref=None,
+                 s3: storage.S3Config | None = None):
         import ray.train
         import ray.train.torch
 
         self.cfg = cfg
         self.plan = plan
+        self.plan_ref, self.s3 = plan_ref, s3  # for --deterministic's own data stream
         self.run_name = run_name
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.stage = STAGES[cfg.stage]
         torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+            torch.use_deterministic_algorithms(True)
 
         model = build_model(cfg.encoder, metric=self.stage.metric, max_depth=cfg.max_depth)
         source = initialise(model, cfg.init_from, cfg.pretrained_encoder, encoder_only=self.stage.metric)
@@ -148,7 +154,7 @@ class Trainer:
                                      options=StateDictOptions(full_state_dict=True))
             self.scheduler.load_state_dict(restored[3])
             set_rng_state(restored[4])
-        self.ledger = ConsumptionLedger(self.state.position)
+        self.ledger = ConsumptionLedger(self.state.position, resume_partial=cfg.deterministic)
         self.skipped_since_checkpoint = 0  # this worker's placeholders; state.data_skipped is the global total
         self.last_group = self.state.position.next_group
 
@@ -188,16 +194,50 @@ class Trainer:
     def _batches(self):
         import ray.train
 
-        it = ray.train.get_dataset_shard("train")
         start = self.state.position
+        if self.cfg.deterministic:
+            it = self._own_stream()
+        else:
+            it = ray.train.get_dataset_shard("train")
         torch_batches = it.iter_torch_batches(batch_size=self.cfg.batch_size, drop_last=True, device=self.device,
                                               prefetch_batches=2)
         # Safety net: if the stream started before this checkpoint's position,
         # drop the groups it already trained on (nothing is dropped normally).
-        return rebatch(torch_batches, self.cfg.batch_size,
-                       lambda b: ~torch.from_numpy(np.isin(b["group"].cpu().numpy(), np.fromiter(
-                           start.skip, np.int64, len(start.skip))) | (b["group"].cpu().numpy() < start.next_group)
-                       ).to(b["group"].device))
+        # --deterministic also drops the rows of in-flight groups trained on
+        # before the checkpoint (a prefix of each: its own stream is ordered).
+        done = np.fromiter(start.skip, np.int64, len(start.skip))
+        to_drop = dict(start.partial) if self.cfg.deterministic else {}
+
+        def keep(batch):
+            groups = batch["group"].cpu().numpy()
+            mask = ~(np.isin(groups, done) | (groups < start.next_group))
+            for i, g in enumerate(groups.tolist()):
+                if mask[i] and to_drop.get(g, 0) > 0:
+                    to_drop[g] -= 1
+                    mask[i] = False
+            return torch.from_numpy(mask).to(batch["group"].device)
+
+        return rebatch(torch_batches, self.cfg.batch_size, keep)
+
+    def _own_stream(self):
+        """``--deterministic``: this worker's groups (``g % world == rank``) from
+        the checkpoint's position, in order. The run's data errors go where
+        the shared stream writes them."""
+        import ray
+
+        from depthlib.training import data as data_mod
+        from depthlib.training.examples import ExampleSpec
+
+        cfg = self.cfg
+        spec = ExampleSpec(target=self.stage.target, crop=cfg.crop, flip=cfg.flip, color_jitter=cfg.color_jitter,
+                           blur=cfg.blur, cutmix=cfg.cutmix, min_depth=cfg.min_depth, max_depth=cfg.max_depth)
+        position = self.state.position
+        end = self.plan.end_group(position, max(0, cfg.steps - self.state.step) * cfg.global_batch)
+        ds = data_mod.train_dataset(self.plan_ref, self.plan, spec, position, end, cfg.data_cpus,
+                                    storage.join(cfg.output, data_mod.ERRORS_DIR), self.s3,
+                                    rank=self.rank, world=self.world)
+        ds.context.execution_options.preserve_order = True
+        return ds.iterator()
 
     # ------------------------------------------------------------------ loop
 
@@ -221,6 +261,12 @@ class Trainer:
             self._finish()
             ray.train.report({"step": self.state.step, "finished": 1})
             return
+        if self.val_per_rank and not any(r.get("step") == 0 and "val_abs_rel" in r for r in self.state.history):
+            # The starting point the learning verdict compares with (and a "before" picture).
+            row = {"step": 0, "time": time.time(), **self.validate(0)}
+            if "val_abs_rel" in row:
+                row["val_layout_prior_abs_rel"] = self._layout_prior_abs_rel()
+            self._report(row, checkpoint_due=False)
         batches = self._batches()
         window: dict[str, float] = defaultdict(float)
         window_images, t_window = 0, time.time()
@@ -243,9 +289,25 @@ class Trainer:
                 row = self._row(window, window_images, time.time() - t_window)
                 if validate_due:
                     row.update(self.validate(step))
+                if final and self.rank == 0:
+                    self._add_verdict(row)
                 self._report(row, checkpoint_due)
                 window, window_images, t_window = defaultdict(float), 0, time.time()
         self._finish()
+
+    def _add_verdict(self, row: dict) -> None:
+        """The final row's learning flag (rank 0, which holds the history)."""
+        verdict = learning_verdict(self.state.history + [row], self.cfg.learn_margin)
+        if verdict is None:
+            return
+        row.update({"learned": int(verdict["learned"]), "learn_improvement": verdict["improvement"]})
+        if not verdict["learned"]:
+            prior = verdict["layout_prior"]
+            log.warning(f"[train] NOT LEARNING: {verdict['basis']} went from {verdict['start']:.4f} to "
+                        f"{verdict['last']:.4f} (improvement {verdict['improvement']}, margin "
+                        f"{self.cfg.learn_margin}"
+                        + (f"; the held-out set's image-blind layout prior scores {prior:.4f}" if prior else "")
+                        + f"); see {storage.redact(self.cfg.output)}/curves.png")
 
     def _row(self, window: dict[str, float], images: int, seconds: float) -> dict:
         """The log row of the steps since the last report, averaged over all workers."""
@@ -262,6 +324,13 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------------ validation
+
+    def _layout_prior_abs_rel(self) -> float:
+        """AbsRel of the validation set's layout prior (the image-blind map to beat)."""
+        from depthlib.evaluation.baselines import layout_prior_scores
+
+        decoded = [r.decode() for r in self.val_rows]
+        return layout_prior_scores([d for _, d, _ in decoded], [v for _, _, v in decoded], self.protocol)["abs_rel"]
 
     @torch.no_grad()
     @torch.compiler.set_stance("force_eager")  # --compile: held-out images of other sizes would recompile
@@ -366,10 +435,13 @@ class Trainer:
 
     def _print(self, row: dict) -> None:
         terms = " ".join(f"{k} {row[k]:.4f}" for k in ("loss", "ssi", "gm", "feat", "silog") if k in row)
-        line = (f"[train] step {row['step']}/{self.cfg.steps} {terms} lr {row['lr']:.2e} "
-                f"{row['images_per_s']:.1f} img/s epoch {row['epoch']:.2f}")
+        line = f"[train] step {row['step']}/{self.cfg.steps} {terms}"
+        if "lr" in row:  # not in the step-0 row (validation only)
+            line += f" lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s epoch {row['epoch']:.2f}"
         if "val_abs_rel" in row:
             line += f" | val AbsRel {row['val_abs_rel']:.4f} d1 {row['val_d1']:.4f} ({row['val_images']} images)"
+            if "val_layout_prior_abs_rel" in row:
+                line += f"; its image-blind layout prior {row['val_layout_prior_abs_rel']:.4f}"
         if row.get("data_skipped"):
             line += f" | {row['data_skipped']} bad rows skipped"
         log.info(line)
@@ -388,7 +460,8 @@ class Trainer:
         storage.write_bytes(storage.join(self.cfg.output, FINAL_MODEL), released_bytes(model_state, self.cfg.encoder))
         write_run_state(self.cfg.output, {"finished_step": self.state.step, "best_val_abs_rel":
                                           self.state.best_val_abs_rel, "data_skipped": self.state.data_skipped,
-                                          "final": self.state.history[-1] if self.state.history else {}})
+                                          "final": self.state.history[-1] if self.state.history else {},
+                                          "learning": learning_verdict(self.state.history, self.cfg.learn_margin)})
         if self.tracker:
             self.tracker.close()
         log.info(f"[train] finished at step {self.state.step}: {storage.redact(self.cfg.output)}/{FINAL_MODEL}")
@@ -422,4 +495,4 @@ def train_worker(loop_config: dict) -> None:
     torch.set_num_threads(int(loop_config.get("torch_threads", torch.get_num_threads())))
     cfg = TrainConfig(**loop_config["config"])
     plan = ray.get(loop_config["plan"])
-    Trainer(cfg, plan, loop_config["run_name"]).run()
+    Trainer(cfg, plan, loop_config["run_name"], loop_config["plan"], loop_config.get("s3")).run()

@@ -87,7 +87,8 @@ def optimizer_step(model: torch.nn.Module, objective: Objective, optimizer: torc
     ``(images, batch)`` micro batches (images normalised ``(B, 3, H, W)``; batch
     as the objective reads it), clip the total gradient norm to ``grad_clip``
     (0: no clipping) and step the optimiser. The learning-rate schedule is the
-    caller's. Returns each micro batch's loss terms as floats."""
+    caller's. Returns each micro batch's loss terms as floats (with clipping,
+    also ``grad_norm``: the step's total gradient norm before clipping)."""
     optimizer.zero_grad(set_to_none=True)
     terms_per_micro: list[dict[str, float]] = []
     for i, (images, batch) in enumerate(micro_batches):
@@ -99,6 +100,11 @@ def optimizer_step(model: torch.nn.Module, objective: Objective, optimizer: torc
     if len(terms_per_micro) != grad_accum:
         raise ValueError(f"expected {grad_accum} micro batches, got {len(terms_per_micro)}")
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        # The norm before clipping (a blow-up that clipping hides shows here); on
+        # every micro batch's terms, since callers average terms over micro batches.
+        for terms in terms_per_micro:
+            terms["grad_norm"] = norm
     optimizer.step()
     return terms_per_micro

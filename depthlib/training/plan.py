@@ -196,23 +196,31 @@ class GroupPlan:
 @dataclass(frozen=True)
 class DataPosition:
     """Where the data stream (re)starts: group ``next_group``, skipping ``skip``
-    (groups after it that were already fully consumed)."""
+    (groups after it that were already fully consumed).
+
+    ``partial``: ``(group, rows consumed)`` of the groups in flight. A run whose
+    workers each read their own groups in order (``--deterministic``) consumed
+    a prefix of each such group, and resumes by dropping that prefix; the
+    shared stream replays those groups whole instead."""
 
     next_group: int = 0
     skip: frozenset[int] = field(default_factory=frozenset)
+    partial: tuple[tuple[int, int], ...] = ()
 
     def is_done(self, group: int) -> bool:
         """True if ``group`` was fully consumed before this position."""
         return group < self.next_group or group in self.skip
 
     def to_dict(self) -> dict:
-        return {"next_group": self.next_group, "skip": sorted(self.skip)}
+        return {"next_group": self.next_group, "skip": sorted(self.skip),
+                "partial": [list(p) for p in self.partial]}
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "DataPosition":
         if not d:
             return cls()
-        return cls(int(d["next_group"]), frozenset(int(g) for g in d.get("skip", ())))
+        return cls(int(d["next_group"]), frozenset(int(g) for g in d.get("skip", ())),
+                   tuple(sorted((int(g), int(c)) for g, c in d.get("partial", ()))))
 
 
 class ConsumptionLedger:
@@ -224,9 +232,13 @@ class ConsumptionLedger:
     and get the same answer) and drops finished groups from this ledger.
     """
 
-    def __init__(self, start: DataPosition):
+    def __init__(self, start: DataPosition, resume_partial: bool = False):
         self.start = start
         self.counts: dict[int, int] = {}
+        # Rows of in-flight groups consumed before this ledger, when the stream drops
+        # them on resume (``DataPosition.partial``): every rank holds them, and
+        # merge adds them once, so every rank computes the same position.
+        self.base: dict[int, int] = dict(start.partial) if resume_partial else {}
 
     def consume(self, groups: Iterable[int]) -> None:
         values, counts = np.unique(np.asarray(list(groups) if not isinstance(groups, np.ndarray) else groups,
@@ -240,7 +252,7 @@ class ConsumptionLedger:
         of group ``g``. A count above a group's rows means the stream and the
         plan disagree, which must never pass silently."""
         total: dict[int, int] = {}
-        for counts in all_counts:
+        for counts in [self.base, *all_counts]:
             for g, c in counts.items():
                 total[int(g)] = total.get(int(g), 0) + int(c)
         done = set(self.start.skip)
@@ -254,7 +266,8 @@ class ConsumptionLedger:
         nxt = self.start.next_group
         while nxt in done:
             nxt += 1
-        position = DataPosition(nxt, frozenset(g for g in done if g > nxt))
+        position = DataPosition(nxt, frozenset(g for g in done if g > nxt),
+                                tuple(sorted((g, c) for g, c in total.items() if g not in done and g >= nxt)))
         self.counts = {g: c for g, c in self.counts.items() if not position.is_done(g)}
         self.start = position
         return position
