@@ -82,7 +82,8 @@ def resolve_checkpoint(uri: str) -> str:
     for candidate in ("model.pth", "model.pt", "model.safetensors"):
         if storage.exists(storage.join(uri, candidate)):
             return storage.join(uri, candidate)
-    steps = sorted(o.uri for o in storage.list_objects(storage.join(uri, "ray_train"), suffixes="/model.pt"))
+    steps = sorted(o.uri for o in storage.list_objects(storage.join(uri, "ray_train"), suffixes="model.pt")
+                   if o.key.count("/") == 1 and o.key.endswith("/model.pt"))
     if steps:
         return steps[-1]  # step-%08d names sort by step
     raise FileNotFoundError(f"--checkpoint {name}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) and no "
