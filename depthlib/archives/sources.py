@@ -24,7 +24,7 @@ plan:
 
 Indexing reads only tar headers of a plain tar (ranged reads) and the footer of
 a Parquet file; a compressed tar is decompressed once, streamed. Containers are
-indexed by a few driver threads at once, in listing order. A storage error while
+indexed in parallel (:func:`plan_entries`). A storage error while
 indexing fails the job before the plan is frozen (a rerun indexes again); a
 damaged container becomes an ``x`` entry, so it is recorded, never lost.
 
@@ -117,29 +117,82 @@ def index_container(uri: str, key: str, kind: str, image_column: str = "image",
 def plan_entries(input_uri: str, manifest: str | None = None, image_column: str = "image",
                  s3: storage.S3Config | None = None, threads: int = INDEX_THREADS) -> Iterator[str | tuple[str, str]]:
     """What the plan holds, in listing order: a loose object's key, or ``(key, locator)``
-    for each entry of a container. With a manifest: its keys, as before."""
+    for each entry of a container. With a manifest: its keys, as before.
+
+    Containers are indexed ``threads`` at a time by the driver's threads, or, when
+    Ray is initialised, by Ray tasks (as many at a time as the cluster has CPUs, at
+    least ``threads``): indexing SA-1B's 1000 tars means ~11M ranged header reads,
+    which one machine would spend hours waiting on."""
     if manifest is not None:
         for obj in storage.iter_input_keys(input_uri, manifest, s3=s3):
             yield obj.key
         return
-    with ThreadPoolExecutor(threads) as pool:
+    with _Indexer(threads, input_uri, s3) as indexer:
         window: collections.deque = collections.deque()
         for obj in storage.list_objects(input_uri, s3=s3):
             kind = container_kind(obj.key)
-            job = None if kind is None else pool.submit(index_container, obj.uri, obj.key, kind, image_column, s3)
+            job = None if kind is None else indexer.submit(obj.uri, obj.key, kind, image_column)
             window.append((obj.key, job))
-            while len(window) > 2 * threads or (window and window[0][1] is None):
-                yield from _drain(window.popleft())
+            while len(window) > 2 * indexer.width or (window and window[0][1] is None):
+                yield from _drain(window.popleft(), indexer)
         while window:
-            yield from _drain(window.popleft())
+            yield from _drain(window.popleft(), indexer)
 
 
-def _drain(entry) -> Iterator[str | tuple[str, str]]:
+class _Indexer:
+    """Runs :func:`index_container` calls in Ray tasks (when Ray is initialised) or threads."""
+
+    def __init__(self, threads: int, input_uri: str, s3: storage.S3Config | None):
+        self.ray = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                self.ray = ray
+        except ImportError:
+            pass
+        if self.ray is not None:
+            # Workers do not see the driver's environment: resolve S3 settings here and ship them.
+            self.s3 = s3 or (storage.S3Config.from_env() if storage.is_s3(input_uri) else None)
+            self.remote = self.ray.remote(num_cpus=0.5, max_retries=3)(index_container)
+            self.width = max(threads, int(self.ray.cluster_resources().get("CPU", 1)))
+            self.pool = None
+        else:
+            self.s3 = s3
+            self.pool = ThreadPoolExecutor(threads)
+            self.width = threads
+        self.pending: dict = {}  # id -> job not yet drained (cancelled if the plan stops early)
+
+    def submit(self, uri: str, key: str, kind: str, image_column: str):
+        if self.pool is not None:
+            job = self.pool.submit(index_container, uri, key, kind, image_column, self.s3)
+        else:
+            job = self.remote.remote(uri, key, kind, image_column, self.s3)
+        self.pending[id(job)] = job
+        return job
+
+    def result(self, job) -> list[tuple[str, str]]:
+        self.pending.pop(id(job), None)  # and with it the reference that keeps a Ray result stored
+        return job.result() if self.pool is not None else self.ray.get(job)
+
+    def __enter__(self) -> "_Indexer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Not consumed to the end (--limit reached, or an error): drop the indexing still queued.
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            for job in self.pending.values():
+                self.ray.cancel(job, force=False)
+
+
+def _drain(entry, indexer: _Indexer) -> Iterator[str | tuple[str, str]]:
     key, job = entry
     if job is None:
         yield key
     else:
-        yield from job.result()
+        yield from indexer.result(job)
 
 
 def read_entries(input_uri: str, keys: list[str], locs: list[str | None], image_column: str = "image",
