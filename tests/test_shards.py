@@ -454,3 +454,46 @@ def test_server_killed_mid_write_never_leaves_a_readable_partial_shard(monkeypat
             storage.delete(final, s3=cfg)
     finally:
         server.cleanup()
+
+
+@pytest.mark.gcs
+def test_gcs_server_killed_mid_upload_never_leaves_a_readable_partial_shard(monkeypatch):
+    """Kill a private GCS API server in the middle of a 12 MiB shard's resumable upload."""
+    from fixtures_gcs import FakeGcsServer, KillingProxy, fake_gcs_binary
+
+    if fake_gcs_binary() is None:
+        pytest.skip("fake-gcs-server is not installed")
+    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(storage, "GCS_RETRY_TIME_LIMIT_S", 1.0)
+    server = FakeGcsServer().start()
+    proxy = KillingProxy(server.port, on_threshold=server.kill, kill_after=6 * 2**20)
+    try:
+        cfg = storage.S3Config(gcs=storage.GcsConfig(endpoint_url=proxy.endpoint_url, anonymous=True))
+        bucket = server.new_bucket("crash")
+        prefix = f"gs://{bucket}/shards"
+        rows = [shards.make_row(f"k{i}", np.random.default_rng(i).bytes(2**20), "png",
+                                _synthetic_scene(48, 64, i), depth_type="disparity", kind="pseudo",
+                                image_size=(48, 64), provenance={}) for i in range(12)]
+        start = time.monotonic()
+        with pytest.raises(StorageError):
+            with ShardWriter(prefix, s3=cfg) as writer:
+                for row in rows:
+                    writer.add(row)
+        assert proxy.fired.is_set()  # killed during the upload, not before it
+        assert time.monotonic() - start < 30, "the failure took too long to surface"
+
+        server.start()  # same data directory and port
+        cfg = server.s3_config  # straight to the server from here on
+        final = f"{prefix}/shard-00000.parquet"
+        if storage.exists(final, s3=cfg):  # allowed only if it is complete
+            assert shards.read_shard(final, s3=cfg).num_rows == len(rows)
+        else:
+            assert shards.list_shards(prefix, s3=cfg) == []
+        # After the restart the same write simply works.
+        with ShardWriter(prefix, s3=cfg) as writer:
+            for row in rows:
+                writer.add(row)
+        assert shards.read_shard(final, s3=cfg).num_rows == len(rows)
+    finally:
+        proxy.close()
+        server.cleanup()
