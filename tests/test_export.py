@@ -89,10 +89,11 @@ def test_hf_round_trip(hf_folders, metric, monkeypatch):
         natural = []
         for b, h, w in shapes:
             x = torch.randn(b, 3, h, w, generator=gen)
-            natural.append(_compare(hf(pixel_values=x).predicted_depth, model(x)))
+            theirs = hf(pixel_values=x).predicted_depth
+            natural.append(_compare(theirs, model(x)))
             with monkeypatch.context() as m:
                 m.setattr(encoders_mod, "interpolate_pos_embed", _hf_style_pos_embed)
-                assert _compare(hf(pixel_values=x).predicted_depth, model(x)) < HF_TOL
+                assert _compare(theirs, model(x)) < HF_TOL
         assert 0 < max(natural) < 2e-3, natural
 
 
@@ -223,7 +224,7 @@ def test_onnx_forward_is_the_models(metric):
     model = _model(metric=metric, seed=7)
     wrapped = TraceableDepthAnything(model).eval()
     with torch.no_grad():
-        for b, h, w in [(2, 518, 518), (1, 266, 364), (1, 28, 742)]:
+        for b, h, w in [(1, 518, 518), (2, 98, 140), (1, 28, 742)]:
             x = torch.randn(b, 3, h, w)
             assert _compare(wrapped(x), model(x)) < 1e-5
 
@@ -410,7 +411,8 @@ def test_checkpoint_with_missing_or_extra_key_is_refused_with_names(tiny_checkpo
 
 
 def test_core_jobs_do_not_import_the_export_packages():
-    code = ("import sys, depthlib.models, depthlib.inference, depthlib.training.job, depthlib.export.job; "
+    code = ("import sys, depthlib.models.checkpoints, depthlib.inference, depthlib.export.job, "
+            "depthlib.export.model_card; "
             "bad = [m for m in ('transformers', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
