@@ -191,9 +191,18 @@ def check_keys(mapped: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
         raise KeyMappingError("\n".join(lines))
 
 
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers in job logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def to_hf_model(model: DepthAnythingV2):
     """A ``DepthAnythingForDepthEstimation`` (eval, float32) holding ``model``'s weights, loaded strictly."""
     from transformers import DepthAnythingForDepthEstimation
+
+    quiet_transformers()
 
     config = hf_config(model.encoder, model.metric, model.max_depth)
     with torch.device("meta"):  # no random init of weights about to be replaced
