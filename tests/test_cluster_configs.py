@@ -519,8 +519,31 @@ def test_rayjobs_cover_every_stage_and_chain_through_storage():
     for fs in by_script.values():
         for f in fs:
             for values in f.values():
-                for v in values:
-                    assert "://" not in v or v.split("=")[-1].startswith("s3://"), v
+                for v in values:  # GKE: native gs:// through Workload Identity (README: S3 interop is a fallback)
+                    assert "://" not in v or v.split("=")[-1].startswith("gs://"), v
+
+
+def test_gcp_data_is_native_gs_through_node_and_pod_identities():
+    """The launcher's nodes and the KubeRay pods reach gs:// with their own identity: no S3
+    interoperability endpoint, the nodes' accounts hold a token scope and a bucket role."""
+    from depthlib import storage
+
+    cfg = launcher(CLUSTER / "gcp.yaml")
+    script = (CLUSTER / "gcp-setup.sh").read_text()
+    granted = re.findall(r'add-iam-policy-binding "gs://\$BUCKET" --member="serviceAccount:\$sa" \\\n\s*'
+                         r"--role=roles/storage\.(\w+)", script)
+    assert granted and set(granted) <= {"objectUser", "objectAdmin"}, granted
+    loop = re.search(r'for sa in ([^;]+); do', script).group(1)
+    assert "$HEAD_SA" in loop and "$WORKER_SA" in loop
+    for name, node_type in cfg["available_node_types"].items():
+        (sa,) = node_type["node_config"]["serviceAccounts"]
+        assert set(sa["scopes"]) & {"https://www.googleapis.com/auth/cloud-platform",
+                                    "https://www.googleapis.com/auth/devstorage.read_write"}, name
+    for path in [CLUSTER / "gcp.yaml", KUBERAY / "raycluster.yaml", *sorted((KUBERAY / "jobs").glob("*.yaml"))]:
+        text = path.read_text()
+        assert "storage.googleapis.com" not in text and "AWS_ENDPOINT_URL" not in text, path
+    uris = [v.split("=")[-1] for _, job in rayjobs() for v in shlex.split(job["spec"]["entrypoint"]) if "://" in v]
+    assert uris and all(storage.is_gcs(u) and storage.split_bucket(u)[0] == "my-depthlib-bucket" for u in uris)
 
 
 # --------------------------------------------------------------------------- Grafana
