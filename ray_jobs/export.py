@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
         cfg = parse_config(ExportConfig, argv)
         weights = check_inputs(cfg)
     except (ValueError, FileNotFoundError) as e:  # a bad setting or input: one line, exit 2, as argparse does
-        exit_with_error("export.py", e)
+        exit_with_error("export.py", "; ".join(line.strip() for line in str(e).splitlines() if line.strip()))
     return run_export(cfg, weights)
 
 

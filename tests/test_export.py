@@ -404,7 +404,7 @@ def test_checkpoint_with_missing_or_extra_key_is_refused_with_names(tiny_checkpo
         _load_entry().main(["--checkpoint", str(bad), "--encoder", "tiny", "--format", "onnx",
                             "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("export.py: error: ")
+    assert e.value.code == 2 and err.startswith("export.py: error: ") and len(err.strip().splitlines()) == 1
     assert "missing keys (1): depth_head.scratch.output_conv1.bias" in err
     assert "unexpected keys (1): depth_head.scratch.surplus.weight" in err
     assert not (tmp_path / "o").exists()
