@@ -340,8 +340,31 @@ def test_injected_worker_failure_resumes_with_history_and_corrupt_rows_counted(d
         run_training(_config(**{**cfg.to_dict(), "lr": 1e-3}), start_retries=0)
 
 
+@pytest.mark.parametrize("storage_root", [pytest.param("gcs", marks=pytest.mark.gcs)], indirect=True)
+def test_checkpoints_in_object_storage_resume_after_a_worker_failure(data, storage_root):
+    """Ray Train's storage_path on ``gs://`` (a GcsFileSystem as storage_filesystem): the
+    checkpoint at step 10 is written there, every worker fails, the group restarts from it."""
+    output = storage.join(storage_root.uri, "run")
+    cfg = _config(data=[data["synthetic"]], output=output, steps=20, log_every=5, checkpoint_every=10,
+                  val_every=1000, fail_at_step=10, max_failures=1)
+    summary = run_training(cfg, start_retries=0)
+    assert summary["finished_step"] == 20
+    assert storage.exists(storage.join(output, "_injected_failure"))  # the failure really happened
+    assert [r["step"] for r in _rows(output)] == [5, 10, 15, 20]  # resumed at 10, nothing redone or lost
+    snapshot = json.loads(storage.read_bytes(storage.join(output, RUN_NAME, "checkpoint_manager_snapshot.json")))
+    assert "step-00000020" in json.dumps(snapshot)
+    checkpoint_files = [o.key for o in storage.list_objects(storage.join(output, RUN_NAME, "step-00000010"))]
+    assert checkpoint_files, "no checkpoint written to object storage"
+    load_released(storage.join(output, "model.pth"), "tiny")
+
+
 def test_bad_input_is_refused_before_any_worker_starts(ray_session, data, tmp_path):
+    disparity = tmp_path / "disparity"
+    row = shards.read_shard(shards.list_shards(data["synthetic"])[0]).slice(0, 1).to_pylist()[0]
+    shards.write_shard([shards.make_row("k", row["image"], row["image_format"], np.ones((8, 8), np.float32),
+                                        depth_type="disparity", kind="pseudo")], str(disparity / "p.parquet"))
     cases = [({"data": [str(tmp_path / "empty")]}, "no .parquet shards under"),
+             ({"stage": "metric", "data": [str(disparity)]}, r"holds \['disparity'\] labels; the metric stage"),
              ({"init_from": str(tmp_path / "missing.pth")}, "--init-from .*missing.pth does not exist"),
              ({"val_data": str(tmp_path / "empty")}, "no .parquet shards under")]
     for kw, match in cases:

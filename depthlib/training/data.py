@@ -188,7 +188,7 @@ def examples_of_group(plan: GroupPlan, group: int, spec: ExampleSpec, errors_uri
                 ok.append(False)
                 continue
             try:
-                examples.append(make_example(*_decode(row), spec, rng))
+                examples.append(make_example(*_decode(row), spec, rng, depth_type=row.get("depth_type")))
                 ok.append(True)
             except Exception as e:  # noqa: BLE001 - any bad row is recorded, never fatal
                 errors.append({"key": str(row.get("key")), "reason": _reason(e),
@@ -254,12 +254,25 @@ def count_data_errors(errors_uri: str) -> int:
     return total
 
 
+def depth_types_of_sources(index: ShardIndex) -> dict[int, set[str]]:
+    """Per ``--data`` source, the ``depth_type`` values of its first shard file
+    (one column read per source: a cheap check, not a census)."""
+    out: dict[int, set[str]] = {}
+    for i, file in enumerate(index.files):
+        source = index.source_of_file(i)
+        if source not in out:
+            out[source] = set(shards.read_shard(file, columns=["depth_type"]).column("depth_type").to_pylist())
+    return out
+
+
 def median_depth(index: ShardIndex, min_depth: float, max_depth: float, rows: int = 64) -> float:
     """Median of the valid depths in ``(min_depth, max_depth)`` over about
     ``rows`` rows spread over the index's first row groups (metres)."""
     values = []
     for f, rg, _ in zip(*index.items()):
         for row in _read_item(index.files[int(f)], int(rg))[: max(1, rows // 8)]:
+            if row.get("depth_type") != "metric_depth":
+                continue
             try:
                 _, depth, valid = _decode(row)
             except Exception:  # noqa: BLE001 - a bad row is skipped here as in training

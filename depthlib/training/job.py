@@ -191,6 +191,11 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     try:
         check_inputs(cfg)
         index = data_mod.load_or_build_index(out, cfg.data, log)
+        if cfg.metric:
+            for source, kinds in data_mod.depth_types_of_sources(index).items():
+                if kinds - {"metric_depth"}:
+                    raise ValueError(f"--data {storage.redact(cfg.data_uris()[source])} holds {sorted(kinds)} labels; "
+                                     f"the metric stage trains on metric depth (metres) only")
         if cfg.metric and cfg.head_start_depth is None:
             cfg.head_start_depth = round(data_mod.median_depth(index, cfg.min_depth, cfg.max_depth), 4)
             log(f"[train] metric head starts at the training data's median depth, {cfg.head_start_depth} m")
