@@ -47,7 +47,7 @@ class PseudoLabelConfig:
     keys_per_task: int = field(default=64, metadata={
         "help": "images per decoding task: a partition is decoded by several tasks in parallel (smaller: "
                 "smoother streaming and more parallelism within a partition; larger: less per-task overhead)"})
-    limit: Optional[int] = field(default=None, metadata={"help": "label only the first N keys (sorted order)"})
+    limit: Optional[int] = field(default=None, metadata={"help": "label only the first N keys in listing order (containers expanded in place)"})
     partition_size: int = field(default=256, metadata={
         "help": "keys per unit of work; a unit is committed (or redone) as a whole"})
     partitions_per_wave: int = field(default=4096, metadata={
