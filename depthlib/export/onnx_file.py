@@ -30,6 +30,7 @@ from depthlib.models.specs import PATCH_SIZE
 
 OPSET = 18  # ONNX Runtime >= 1.14 and TensorRT >= 8.6 run opset 18
 INPUT_NAME, OUTPUT_NAME = "image", "depth"
+SINGLE_FILE_BYTES = 1_800_000_000  # below protobuf's 2 GiB message limit, with room for the graph
 _CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic kernel
 
 
@@ -145,7 +146,10 @@ def export_onnx(model: DepthAnythingV2, path: str, example_size: tuple[int, int]
         exported = torch.export.export(wrapped, (example,), dynamic_shapes=dynamic)
         program = torch.onnx.export(exported, (example,), dynamo=True, opset_version=OPSET,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
-    program.save(path, external_data=False)
+    # One file up to protobuf's 2 GB limit; larger models (ViT-G, 5.3 GB in fp32) keep their
+    # weights in "<name>.data" beside it (ONNX's external-data layout, read by ONNX Runtime).
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    program.save(path, external_data=weight_bytes > SINGLE_FILE_BYTES)
 
 
 def onnx_session(path: str):
