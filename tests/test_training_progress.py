@@ -72,3 +72,33 @@ def test_layout_prior_is_the_per_pixel_median_of_the_sets_disparity():
     assert layout_prior_scores(same, [np.ones((3, 4), bool)] * 3, relative)["abs_rel"] < 1e-5
     # a set whose images differ is not: the prior scores what an image-blind map can do
     assert layout_prior_scores(depths, [ones] * 3, relative)["abs_rel"] > 0.05
+
+
+def test_a_run_whose_training_ssi_stays_at_a_constant_predictions_did_not_learn():
+    # the collapsed student of issue #22 (measured): validation improved 14% and beat the layout prior,
+    # but its training ssi stayed at 0.97 x that of a constant prediction
+    rows = [{"step": 0, "val_abs_rel": 0.450, "val_layout_prior_abs_rel": 0.4115},
+            {"step": 290, "loss": 2.0, "ssi": 0.968, "ssi_blind": 0.99},
+            {"step": 300, "loss": 2.0, "ssi": 0.968, "ssi_blind": 0.99, "val_abs_rel": 0.388}]
+    v = learning_verdict(rows, 0.05)
+    assert v["improvement"] > 0.1 and v["last"] < v["layout_prior"] and not v["learned"]
+    assert v["ssi_over_blind"] == round(0.968 / 0.99, 4)
+    rows[-1]["ssi"] = 0.073  # the same run's good twin
+    assert learning_verdict(rows, 0.05)["learned"]
+
+
+def test_ssi_blind_is_the_ssi_of_a_constant_prediction():
+    import torch
+
+    from depthlib.training.objectives import RelativeObjective
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], x.shape[2], x.shape[3], requires_grad=True) + 3.0
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"target": torch.rand(2, 14, 14, generator=g) + 0.1, "mask": torch.ones(2, 14, 14, dtype=torch.bool),
+             "region": torch.zeros(2, 14, 14)}
+    terms = RelativeObjective(trim=0.1)(Constant(), torch.zeros(2, 3, 14, 14), batch)
+    torch.testing.assert_close(terms["ssi"], terms["ssi_blind"])
+    assert 0.5 < float(terms["ssi_blind"]) < 1.2 and float(terms["pred_zero"]) == 0.0

@@ -72,11 +72,16 @@ def region_relative_loss(pred: Tensor, target: Tensor, mask: Tensor, region: Ten
     return {k: (((1 - w_in) * outer[k] + w_in * inner[k]) * has).sum() / denom for k in ("loss", "ssi", "gm")}
 
 
-def _dead(pred: Tensor) -> dict[str, Tensor]:
+def _diagnostics(pred: Tensor, target: Tensor, mask: Tensor, trim: float) -> dict[str, Tensor]:
     """``pred_zero``: share of predicted pixels at 0. The relative head ends in a
     ReLU, and a pixel at 0 passes no gradient: a share near 1 is a dead output
-    that no later step can revive."""
-    return {"pred_zero": (pred.detach() <= 0).float().mean()}
+    that no later step can revive.
+    ``ssi_blind``: the ssi of a constant prediction on the same batch (about 1
+    for a normalised target, 0.9 with trim 0.1): a model whose ssi stays near it
+    explains nothing of its targets (``depthlib.training.progress``)."""
+    with torch.no_grad():
+        blind = relative_depth_loss(torch.zeros_like(pred, dtype=torch.float32), target.float(), mask, trim=trim)["ssi"]
+    return {"pred_zero": (pred.detach() <= 0).float().mean(), "ssi_blind": blind}
 
 
 class RelativeObjective:
@@ -100,13 +105,15 @@ class RelativeObjective:
 
     def __call__(self, model, images: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``images``: ``B x 3 x C x C`` normalised; ``batch``: ``target``, ``mask``, ``region``.
-        Returns ``{"loss", "ssi", "gm", "pred_zero"[, "feat"]}`` (0-dim)."""
+        Returns ``{"loss", "ssi", "gm", "pred_zero", "ssi_blind"[, "feat"]}`` (0-dim)."""
         target = normalise_disparity(batch["target"], batch["mask"])
         if self.frozen is None:
             pred = model(images)
-            return region_relative_loss(pred, target, batch["mask"], batch["region"], self.trim) | _dead(pred)
+            return (region_relative_loss(pred, target, batch["mask"], batch["region"], self.trim)
+                    | _diagnostics(pred, target, batch["mask"], self.trim))
         pred, feats = model(images, return_features=True)
-        terms = region_relative_loss(pred, target, batch["mask"], batch["region"], self.trim) | _dead(pred)
+        terms = (region_relative_loss(pred, target, batch["mask"], batch["region"], self.trim)
+                 | _diagnostics(pred, target, batch["mask"], self.trim))
         with torch.no_grad():
             frozen = self.frozen.intermediate_layers(images, (self.feature_layer,))[0][0]
         feat = feature_alignment_loss(feats[-1][0], frozen, self.feature_margin)
