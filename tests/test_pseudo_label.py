@@ -30,6 +30,7 @@ from depthlib.models import load_released
 from depthlib.pseudo_label import DecodePartition, PseudoLabelConfig, run_pseudo_label
 from depthlib.pseudo_label import plan as plan_mod
 from depthlib.pseudo_label.stages import model_input, pixels_to_model
+from fixtures_s3 import all_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 70  # 5 patches: keeps the tiny teacher fast
@@ -109,7 +110,12 @@ def _config(input_uri, output, teacher, **kw) -> PseudoLabelConfig:
 
 def _dataset(uri: str):
     """The output as a user opens it: ``pyarrow.dataset.dataset(URI)`` (for S3 the
-    endpoint and keys come from the standard ``AWS_*`` variables the fixture sets)."""
+    endpoint and keys come from the standard ``AWS_*`` variables the fixture sets).
+    pyarrow does not read ``STORAGE_EMULATOR_HOST``: for gs:// the filesystem comes
+    from depthlib.storage, as a user of an emulator would pass it."""
+    if storage.is_gcs(uri):
+        fs, path = storage.filesystem(uri)
+        return pads.dataset(path, filesystem=fs, format="parquet")
     return pads.dataset(uri, format="parquet")
 
 
@@ -181,6 +187,7 @@ def test_fast_preprocessing_and_reduced_decode_without_ray(tmp_path):
         DecodePartition(str(tmp_path), INPUT_SIZE, 50_000_000, reduced_decode=True)
 
 
+@all_backends
 def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
     root = storage_root.uri
     objects, bad = make_bucket()
