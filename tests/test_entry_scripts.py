@@ -130,3 +130,18 @@ def test_predict_refuses_missing_checkpoint_and_empty_input(files, capsys):
     _load("predict.py").main(["--checkpoint", files["tiny.pth"], "--input", files["images"], "--encoder", "tiny",
                   "--input-size", "28", "--output", out])
     assert (Path(out) / "a_depth.npy").exists()
+
+
+def test_pipeline_refuses_inputs_that_hold_nothing(files, capsys):
+    storage = str(Path(files["dir"]) / "pipe")
+    base = ["--preset", "smoke", "--storage", storage]
+    _refused(_run("pipeline.py", *base, "--unlabeled", files["empty"]), "pipeline.py",
+             f"--unlabeled {files['empty']} holds no images to label")
+    _refused(_in_process(capsys, "pipeline.py", *base, "--synthetic-data", f"{files['empty']}:2"), "pipeline.py",
+             f"--synthetic-data {files['empty']} holds no .parquet shards")
+    _refused(_in_process(capsys, "pipeline.py", *base, "--metric-data", files["images"]), "pipeline.py",
+             "--metric-data", "holds no .parquet shards")
+    _refused(_in_process(capsys, "pipeline.py", *base, "--pretrained", f"tiny={files['dir']}/MISSING.pth"),
+             "pipeline.py", "--pretrained tiny=", "MISSING.pth does not exist")
+    _refused(_in_process(capsys, "pipeline.py", *base, "--student-presets", "tiny_gpu"), "pipeline.py", "tiny_gpu")
+    assert not Path(storage).exists()

@@ -21,7 +21,49 @@ def check(config: PipelineConfig) -> tuple[Plan, dict[str, str]]:
     :class:`depthlib.pipeline.runner.StageSettingsChanged` for a stage refused."""
     plan = build_plan(config)
     storage.set_default_s3(storage.S3Config.from_env() if storage.is_s3(plan.root) else None)
-    return plan, decide(plan.root, plan.stages, config.rerun)
+    decisions = decide(plan.root, plan.stages, config.rerun)
+    check_inputs(config, {n for n, d in decisions.items() if d != "skip"})
+    return plan, decisions
+
+
+def _has_objects(uri: str) -> bool:
+    try:
+        return next(iter(storage.list_objects(uri)), None) is not None
+    except Exception:  # noqa: BLE001 - a missing bucket or prefix: nothing there
+        return False
+
+
+def check_inputs(config: PipelineConfig, to_run: set[str]) -> None:
+    """The inputs the stages still to run read exist and hold something (``ValueError``
+    naming the flag): ``--unlabeled``, ``--synthetic-data``, ``--metric-data``,
+    ``--pretrained``, ``--benchmark``. A finished stage's inputs are not looked at."""
+    from depthlib import shards
+    from depthlib.training.config import split_data_weight
+    from depthlib.training.weights import resolve_weights_uri
+
+    if config.unlabeled and "pseudo_labels" in to_run and not _has_objects(config.unlabeled):
+        raise ValueError(f"--unlabeled {storage.redact(config.unlabeled)} holds no images to label")
+    for flag, uris, stage in (("synthetic-data", config.synthetic_data, "teacher"),
+                              ("metric-data", config.metric_data, "metric")):
+        if stage not in to_run:
+            continue
+        for item in uris:
+            uri = split_data_weight(item)[0]
+            try:
+                found = uri.endswith(".parquet") and storage.exists(uri) or bool(shards.list_shards(uri))
+            except Exception:  # noqa: BLE001 - a missing bucket or prefix
+                found = False
+            if not found:
+                raise ValueError(f"--{flag} {storage.redact(uri)} holds no .parquet shards")
+    training = {n for n in to_run if n in ("teacher", "metric") or n.startswith("student_")}
+    for enc, uri in config.pretrained_by_encoder().items():
+        if training and not storage.exists(resolve_weights_uri(uri)):
+            raise ValueError(f"--pretrained {enc}={storage.redact(uri)} does not exist")
+    evaluating = any(n.startswith("evaluate/") for n in to_run)
+    for item in config.benchmark:
+        name, _, uri = item.partition("=")
+        if evaluating and uri and not (storage.exists(uri) or _has_objects(uri)):
+            raise ValueError(f"--benchmark {name}={storage.redact(uri)} does not exist")
 
 
 def run_pipeline(config: PipelineConfig, log=print) -> dict:
