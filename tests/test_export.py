@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 
 from depthlib.export import hf as hf_mod  # noqa: E402
 from depthlib.export.job import ExportConfig, max_relative_error, resolve_checkpoint, run_export  # noqa: E402
-from depthlib.models import build_model, export_released, load_released  # noqa: E402
+from depthlib.models import build_model, load_released  # noqa: E402
 from depthlib.models import encoders as encoders_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def _hf_style_pos_embed(pos_embed, grid_h, grid_w, offset=0.1):
 
 def _model(encoder="tiny", metric=False, seed=0):
     torch.manual_seed(seed)
-    model = build_model(encoder, metric=metric, max_depth=20.0 if metric else 20.0).eval()
+    model = build_model(encoder, metric=metric, max_depth=20.0).eval()
     if not metric:  # the relative head's default start is a constant; make outputs vary
         torch.nn.init.normal_(model.depth_head.scratch.output_conv2[2].bias, 0.5, 0.1)
     return model
