@@ -125,7 +125,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
-            torch.use_deterministic_algorithms(True)
+            # warn_only: CUDA has no deterministic backward for the head's bilinear
+            # upsampling; torch warns there instead of stopping the run.
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
         model = build_model(cfg.encoder, metric=self.stage.metric, max_depth=cfg.max_depth)
         source = initialise(model, cfg.init_from, cfg.pretrained_encoder, encoder_only=self.stage.metric)
