@@ -102,3 +102,19 @@ def test_ssi_blind_is_the_ssi_of_a_constant_prediction():
     terms = RelativeObjective(trim=0.1)(Constant(), torch.zeros(2, 3, 14, 14), batch)
     torch.testing.assert_close(terms["ssi"], terms["ssi_blind"])
     assert 0.5 < float(terms["ssi_blind"]) < 1.2 and float(terms["pred_zero"]) == 0.0
+
+
+def test_the_pipeline_report_marks_a_stage_that_did_not_learn():
+    from depthlib.pipeline.report import markdown, not_learning
+
+    ok = learning_verdict(_val((0, 0.44), (300, 0.30)), 0.05)
+    bad = learning_verdict(_val((0, 0.408), (300, 0.392)), 0.05)
+    report = {"models": {}, "metric_from": "student_tiny", "pictures": {},
+              "stages": {"teacher": {"status": "ran", "seconds": 120, "learning": ok},
+                         "student_tiny": {"status": "ran", "seconds": 130, "learning": bad},
+                         "pseudo_labels": {"status": "ran", "seconds": 12}}}
+    assert list(not_learning(report)) == ["student_tiny"]
+    text = markdown(report)
+    assert "| teacher | ran | 120 | yes (val_abs_rel 0.440 → 0.300) |" in text
+    assert "| student_tiny | ran | 130 | **NO** (val_abs_rel 0.408 → 0.392) |" in text
+    assert "**Stages that did not learn**" in text and "student_tiny: val_abs_rel 0.408 at the start" in text
