@@ -192,9 +192,8 @@ def test_a_run_with_a_dead_output_is_flagged_as_not_learning(data, tmp_path):
 
 def test_deterministic_runs_give_the_same_model_bit_for_bit(data, tmp_path):
     """``--deterministic``: two runs of one command, 2 workers, CutMix and colour
-    augmentation on: the same weights exactly, the same metrics rows (but time
-    and speed). A run whose workers fail after a checkpoint resumes to the same
-    weights as the uninterrupted one."""
+    augmentation on, one of them interrupted by a worker failure: the same
+    weights exactly, the same metrics rows (but time and speed)."""
     def run(name: str, **kw) -> tuple[dict, list[dict]]:
         output = str(tmp_path / name)
         cfg = _config(data=[data["synthetic"]], output=output, steps=24, log_every=4, checkpoint_every=12,
@@ -204,13 +203,14 @@ def test_deterministic_runs_give_the_same_model_bit_for_bit(data, tmp_path):
         rows = [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in _rows(output)]
         return weights, rows
 
+    # the second run's workers all fail right after the checkpoint at step 12 and resume from it:
+    # equal weights prove both the same result for the same command and an exact resume
+    # (measured once with a third, uninterrupted run: equal too)
     a, rows_a = run("a")
-    b, rows_b = run("b")
-    assert rows_a == rows_b and len(rows_a) == 6
+    b, rows_b = run("b", fail_at_step=12, max_failures=1)
+    assert len(rows_a) == 6 and rows_b == rows_a
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # every worker fails right after the checkpoint at step 12; the run resumes from it
-    c, rows_c = run("c", fail_at_step=12, max_failures=1)
-    assert rows_c == rows_a and all(torch.equal(a[k], c[k]) for k in a)
+    assert (tmp_path / "b" / "_injected_failure").exists()
 
 
 @pytest.fixture(scope="module")
@@ -343,17 +343,18 @@ def test_injected_worker_failure_resumes_with_history_and_corrupt_rows_counted(d
 @pytest.mark.parametrize("storage_root", [pytest.param("gcs", marks=pytest.mark.gcs)], indirect=True)
 def test_checkpoints_in_object_storage_resume_after_a_worker_failure(data, storage_root):
     """Ray Train's storage_path on ``gs://`` (a GcsFileSystem as storage_filesystem): the
-    checkpoint at step 10 is written there, every worker fails, the group restarts from it."""
+    checkpoint at step 3 is written there, the worker fails, the group restarts from it.
+    (One worker, 6 steps: the restart, not the training, is what is tested; ~2 min.)"""
     output = storage.join(storage_root.uri, "run")
-    cfg = _config(data=[data["synthetic"]], output=output, steps=20, log_every=5, checkpoint_every=10,
-                  val_every=1000, fail_at_step=10, max_failures=1)
+    cfg = _config(data=[data["synthetic"]], output=output, steps=6, log_every=3, checkpoint_every=3,
+                  val_every=1000, fail_at_step=3, max_failures=1, workers=1)
     summary = run_training(cfg, start_retries=0)
-    assert summary["finished_step"] == 20
+    assert summary["finished_step"] == 6
     assert storage.exists(storage.join(output, "_injected_failure"))  # the failure really happened
-    assert [r["step"] for r in _rows(output)] == [5, 10, 15, 20]  # resumed at 10, nothing redone or lost
+    assert [r["step"] for r in _rows(output)] == [3, 6]  # resumed at 3, nothing redone or lost
     snapshot = json.loads(storage.read_bytes(storage.join(output, RUN_NAME, "checkpoint_manager_snapshot.json")))
-    assert "step-00000020" in json.dumps(snapshot)
-    checkpoint_files = [o.key for o in storage.list_objects(storage.join(output, RUN_NAME, "step-00000010"))]
+    assert "step-00000006" in json.dumps(snapshot)
+    checkpoint_files = [o.key for o in storage.list_objects(storage.join(output, RUN_NAME, "step-00000003"))]
     assert checkpoint_files, "no checkpoint written to object storage"
     load_released(storage.join(output, "model.pth"), "tiny")
 
