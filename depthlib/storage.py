@@ -898,6 +898,30 @@ def delete(uri: str, s3: S3Config | None = None) -> None:
     _retry(remove, uri)
 
 
+def copy(src_uri: str, dst_uri: str, s3: S3Config | None = None) -> None:
+    """Copy one object to another name on the same backend, atomically at the destination.
+
+    S3 and GCS copy server-side (no bytes through this process); local files
+    are copied through :func:`write_bytes`. A missing source raises
+    :class:`ObjectNotFoundError`. Moving a prefix is a copy of each object
+    and then a :func:`delete` of it.
+    """
+    kinds = {("gcs" if is_gcs(u) else "s3" if _is_s3_scheme(u) else "local") for u in (src_uri, dst_uri)}
+    if len(kinds) != 1:
+        raise ValueError(f"copy between backends is not supported: {redact(src_uri)} -> {redact(dst_uri)}")
+    if is_gcs(src_uri):
+        fs, src = _gcs_object(src_uri, s3)
+        _, dst = _gcs_object(dst_uri, s3)
+        _gcs_retry(lambda: fs.copy_file(src, dst), src_uri, fs)
+        return
+    if _is_s3_scheme(src_uri):
+        (sb, sk), (db, dk) = split_s3(src_uri), split_s3(dst_uri)
+        client = s3_client(s3)
+        _retry(lambda: client.copy({"Bucket": sb, "Key": sk}, db, dk), src_uri)
+        return
+    write_bytes(dst_uri, read_bytes(src_uri))
+
+
 def open_input(uri: str, s3: S3Config | None = None) -> Any:
     """A seekable pyarrow input file (``pyarrow.NativeFile``) for ``uri``.
 

@@ -181,6 +181,20 @@ def test_bytes_round_trip(storage_root):
 
 
 @all_backends
+def test_copy_is_server_side_and_complete(storage_root):
+    src, dst = storage.join(storage_root.uri, "a", "src.bin"), storage.join(storage_root.uri, "b", "dst.bin")
+    data = os.urandom(300_000)
+    storage.write_bytes(src, data)
+    storage.copy(src, dst)
+    assert storage.read_bytes(dst) == data and storage.read_bytes(src) == data
+    with pytest.raises(ObjectNotFoundError):
+        storage.copy(storage.join(storage_root.uri, "missing.bin"), dst)
+    assert storage.read_bytes(dst) == data  # a failed copy leaves the destination alone
+    with pytest.raises(ValueError, match="between backends"):
+        storage.copy(src, "/tmp/x" if storage_root.kind != "local" else "gs://b/x")
+
+
+@all_backends
 def test_large_object_round_trip_multipart(storage_root, monkeypatch):
     monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 6 * 2**20)
     monkeypatch.setattr(storage, "PART_SIZE", 5 * 2**20)
