@@ -28,6 +28,7 @@ from depthlib.pipeline import PRESETS, PipelineConfig, Stage, StageSettingsChang
 from depthlib.pipeline import runner
 from depthlib.pipeline.heldout import sample_pairs, smooth_valid, write_pairs
 from depthlib.pipeline.stages import build_plan, relative
+from fixtures_s3 import all_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("untrained", "teacher", "student_tiny", "metric")
@@ -119,7 +120,8 @@ def test_rerun_redoes_a_stage_and_what_reads_from_it_and_moves_old_outputs_aside
         f.run(rerun=["teacher"])
 
 
-def test_rerun_moves_old_outputs_aside_in_local_and_s3_storage(storage_root):
+@all_backends
+def test_rerun_moves_old_outputs_aside_in_every_storage_backend(storage_root):
     f = Fakes(storage_root.uri)
     f.run()
     f.run(rerun=["c"])

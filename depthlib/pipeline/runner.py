@@ -220,12 +220,9 @@ def move_aside(root: str, name: str, discard: bool, log: Callable[[str], None]) 
         return None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     dst = storage.join(root, REPLACED, *f"{name}-{stamp}".split("/"))
-    if storage.is_s3(root):
-        client = storage.s3_client()
+    if storage.is_remote(root):
         for o in objects:  # server-side copies, then deletes: the old outputs stay readable until moved
-            sb, sk = storage.split_s3(o.uri)
-            db, dk = storage.split_s3(storage.join(dst, o.key))
-            storage.retry(lambda: client.copy({"Bucket": sb, "Key": sk}, db, dk), uri=o.uri)
+            storage.copy(o.uri, storage.join(dst, o.key))
             storage.delete(o.uri)
     else:
         import os
