@@ -142,10 +142,14 @@ def test_real_sizes_map_one_to_one(encoder):
 
 @pytest.mark.parametrize("encoder,metric", [
     ("vits", False), pytest.param("vits", True, marks=pytest.mark.slow),
-    *[pytest.param(e, m, marks=pytest.mark.slow) for e in ("vitb", "vitl", "vitg") for m in (False, True)]])
+    pytest.param("vitg", False, marks=pytest.mark.slow)])
 def test_real_sizes_outputs(encoder, metric, monkeypatch):
     """Random weights of a real size through transformers: equal outputs, relative and metric
-    (small non-square inputs, with the position-embedding rule aligned as above)."""
+    (small non-square inputs, with the position-embedding rule aligned as above).
+
+    ViT-B and ViT-L differ from ViT-S only in widths and depths, whose names and
+    shapes the test above checks for every size; ViT-G adds the SwiGLU MLP. So
+    ViT-S (both heads) and ViT-G cover every mapped module (~60 s saved)."""
     monkeypatch.setattr(encoders_mod, "interpolate_pos_embed", _hf_style_pos_embed)
     model = _model(encoder, metric=metric)
     hf = hf_mod.to_hf_model(model)

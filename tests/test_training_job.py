@@ -4,12 +4,14 @@ Learning is measured on held-out scenes the model never saw, against the
 untrained model and constant predictions (the issue's bounds). Recovery is
 exercised for real: an injected worker failure, a SIGKILLed driver, a
 finished run re-run, settings changed on resume, corrupt rows, and
-checkpoints in a local directory. Checkpoints on the S3 server fixture, a
-lost node and a longer re-run: ``test_training_multinode.py``.
+checkpoints in a local directory and on ``gs://`` (the GCS emulator fixture).
+Checkpoints on the S3 server fixture, a lost node and a longer re-run:
+``test_training_multinode.py``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -190,27 +192,34 @@ def test_a_run_with_a_dead_output_is_flagged_as_not_learning(data, tmp_path):
     assert all(r["pred_zero"] == 1.0 for r in rows if "pred_zero" in r)
 
 
-def test_deterministic_runs_give_the_same_model_bit_for_bit(data, tmp_path):
+@pytest.mark.parametrize("storage_root", [pytest.param("gcs", marks=pytest.mark.gcs)], indirect=True)
+def test_deterministic_runs_give_the_same_model_bit_for_bit(data, tmp_path, storage_root):
     """``--deterministic``: two runs of one command, 2 workers, CutMix and colour
-    augmentation on, one of them interrupted by a worker failure: the same
-    weights exactly, the same metrics rows (but time and speed)."""
-    def run(name: str, **kw) -> tuple[dict, list[dict]]:
-        output = str(tmp_path / name)
-        cfg = _config(data=[data["synthetic"]], output=output, steps=24, log_every=4, checkpoint_every=12,
+    augmentation on, the same weights exactly, the same metrics rows (but time
+    and speed). The second run keeps its checkpoints on ``gs://`` (Ray Train's
+    storage_path through a GcsFileSystem) and all its workers fail right after
+    the checkpoint at step 8: the group restarts from the checkpoint in object
+    storage, so equal weights also prove an exact resume from it.
+    (Measured once with a third, uninterrupted run: equal too.)"""
+    def run(output: str, **kw) -> tuple[dict, list[dict]]:
+        cfg = _config(data=[data["synthetic"]], output=output, steps=16, log_every=4, checkpoint_every=8,
                       val_every=1000, deterministic=True, cutmix=True, color_jitter=True, rows_per_group=16, **kw)
-        run_training(cfg, start_retries=0)
-        weights = torch.load(storage.join(output, "model.pth"), weights_only=True)
+        assert run_training(cfg, start_retries=0)["finished_step"] == 16
+        weights = torch.load(io.BytesIO(storage.read_bytes(storage.join(output, "model.pth"))), weights_only=True)
         rows = [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in _rows(output)]
         return weights, rows
 
-    # the second run's workers all fail right after the checkpoint at step 12 and resume from it:
-    # equal weights prove both the same result for the same command and an exact resume
-    # (measured once with a third, uninterrupted run: equal too)
-    a, rows_a = run("a")
-    b, rows_b = run("b", fail_at_step=12, max_failures=1)
-    assert len(rows_a) == 6 and rows_b == rows_a
+    a, rows_a = run(str(tmp_path / "a"))
+    remote = storage.join(storage_root.uri, "b")
+    b, rows_b = run(remote, fail_at_step=8, max_failures=1)
+    assert [r["step"] for r in rows_a] == [4, 8, 12, 16] and rows_b == rows_a  # resumed at 8: nothing redone or lost
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "b" / "_injected_failure").exists()
+    assert storage.exists(storage.join(remote, "_injected_failure"))  # the failure really happened
+    snapshot = json.loads(storage.read_bytes(storage.join(remote, RUN_NAME, "checkpoint_manager_snapshot.json")))
+    assert "step-00000016" in json.dumps(snapshot)
+    assert [o.key for o in storage.list_objects(storage.join(remote, RUN_NAME, "step-00000008"))], \
+        "no checkpoint written to object storage"
+    load_released(storage.join(remote, "model.pth"), "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +237,10 @@ def pseudo_labels(ray_session, data, teacher, tmp_path_factory):
 @pytest.mark.slow
 def test_student_on_pseudo_labels_gets_close_to_its_teacher(data, teacher, pseudo_labels, tmp_path):
     output = str(tmp_path / "student")
+    # --deterministic: one fixed data order, so the bounds below hold for this run on every machine
+    # rather than for most orders (issue #22's repeat runs: about 1 in 4 orders collapses)
     cfg = _config(stage="student", data=[pseudo_labels], val_data=data["photo_val"], output=output, steps=300,
-                  cutmix=True)
+                  cutmix=True, deterministic=True)
     run_training(cfg, start_retries=0)
     torch.manual_seed(0)
     untrained = _evaluate(build_model("tiny").eval(), data["photo_val"], RELATIVE)
@@ -340,25 +351,6 @@ def test_injected_worker_failure_resumes_with_history_and_corrupt_rows_counted(d
         run_training(_config(**{**cfg.to_dict(), "lr": 1e-3}), start_retries=0)
 
 
-@pytest.mark.parametrize("storage_root", [pytest.param("gcs", marks=pytest.mark.gcs)], indirect=True)
-def test_checkpoints_in_object_storage_resume_after_a_worker_failure(data, storage_root):
-    """Ray Train's storage_path on ``gs://`` (a GcsFileSystem as storage_filesystem): the
-    checkpoint at step 3 is written there, the worker fails, the group restarts from it.
-    (One worker, 6 steps: the restart, not the training, is what is tested; ~2 min.)"""
-    output = storage.join(storage_root.uri, "run")
-    cfg = _config(data=[data["synthetic"]], output=output, steps=6, log_every=3, checkpoint_every=3,
-                  val_every=1000, fail_at_step=3, max_failures=1, workers=1)
-    summary = run_training(cfg, start_retries=0)
-    assert summary["finished_step"] == 6
-    assert storage.exists(storage.join(output, "_injected_failure"))  # the failure really happened
-    assert [r["step"] for r in _rows(output)] == [3, 6]  # resumed at 3, nothing redone or lost
-    snapshot = json.loads(storage.read_bytes(storage.join(output, RUN_NAME, "checkpoint_manager_snapshot.json")))
-    assert "step-00000006" in json.dumps(snapshot)
-    checkpoint_files = [o.key for o in storage.list_objects(storage.join(output, RUN_NAME, "step-00000003"))]
-    assert checkpoint_files, "no checkpoint written to object storage"
-    load_released(storage.join(output, "model.pth"), "tiny")
-
-
 def test_bad_input_is_refused_before_any_worker_starts(ray_session, data, tmp_path):
     disparity = tmp_path / "disparity"
     row = shards.read_shard(shards.list_shards(data["synthetic"])[0]).slice(0, 1).to_pylist()[0]
@@ -391,7 +383,7 @@ def test_killed_driver_rerun_resumes(ray_session, data, tmp_path):
 
     output = str(tmp_path / "killed")
     args = ["--preset", "tiny_cpu", "--stage", "teacher", "--data", data["synthetic"], "--output", output,
-            "--workers", "2", "--steps", "40", "--log-every", "5", "--checkpoint-every", "10", "--val-every", "1000",
+            "--workers", "2", "--steps", "30", "--log-every", "5", "--checkpoint-every", "10", "--val-every", "1000",
             "--max-failures", "0"]
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, str(ROOT / "ray_jobs/train.py"), *args], env=env,
@@ -409,11 +401,11 @@ def test_killed_driver_rerun_resumes(ray_session, data, tmp_path):
         proc.wait()
     killed_at = time.time()
     assert not Path(output, "model.pth").exists()
-    same = _config(data=[data["synthetic"]], output=output, steps=40, log_every=5, checkpoint_every=10,
+    same = _config(data=[data["synthetic"]], output=output, steps=30, log_every=5, checkpoint_every=10,
                    val_every=1000, preset="tiny_cpu")
     summary = run_training(same, start_retries=0)
-    assert summary["finished_step"] == 40
+    assert summary["finished_step"] == 30
     rows = _rows(output)
     steps = [r["step"] for r in rows]
-    assert steps == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert steps == [5, 10, 15, 20, 25, 30]
     assert rows[1]["time"] < killed_at  # the checkpointed steps were not redone
