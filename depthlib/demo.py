@@ -127,7 +127,8 @@ def main(argv=None) -> dict:
     print(f"Depth Anything V2 in miniature ({cfg.preset} preset, {report['seconds']:.0f} s this run; "
           f"student = {pipeline_report['metric_from']})\n")
     baseline = pipeline_report["metric_baseline"]
-    print(format_table(report["models"], pipeline_report["protocol"], "student", baseline))
+    print(format_table(report["models"], pipeline_report["protocol"], "student", baseline,
+                       pipeline_report.get("layout_prior")))
     print("\n" + verdict(report))
     print("\n" + metric_verdict(report, baseline))
     print("\nPictures and reports:")

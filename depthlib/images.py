@@ -6,6 +6,13 @@ rotated by EXIF. ``decode_image`` either returns an ``H x W x 3`` uint8 RGB
 array (EXIF orientation applied) or raises ``ImageDecodeError`` whose
 ``reason`` is one of ``SKIP_REASONS``, so callers can record a skip instead of
 crashing.
+
+Pillow reads every header and classifies every refusal. The pixels of a JPEG
+decoded at full size come from ``torchvision.io.decode_jpeg`` (libjpeg-turbo
+without Pillow's per-strip and mode-conversion overhead): bit-identical to
+Pillow's for baseline, progressive, greyscale and EXIF-rotated JPEGs,
+at about half the CPU time (``benchmarks/pseudo_label.py --stand-in``). When
+it refuses a file, Pillow decodes it and gives the reason.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+try:  # deprecated in torchvision 0.29 in favour of TorchCodec; Pillow decodes everything if it goes
+    from torchvision.io import ImageReadMode as _ReadMode
+    from torchvision.io import decode_jpeg as _tv_decode_jpeg
+except ImportError:  # pragma: no cover
+    _tv_decode_jpeg = None
 
 MIN_SIDE = 14  # one ViT patch
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger headers are treated as decompression bombs
@@ -88,6 +101,12 @@ def decode_image_reduced(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_
             if at_least is not None and img.format == "JPEG":
                 min_h, min_w = at_least(h, w)
                 img.draft("RGB", (min_w, min_h))  # a no-op unless a whole DCT scale fits
+                if img.size == (w, h):  # none did: full size, as without ``at_least``
+                    at_least = None
+            if at_least is None and img.format == "JPEG" and img.mode in ("RGB", "L"):  # CMYK: Pillow's Adobe rules
+                fast = _decode_jpeg_fast(data)
+                if fast is not None:
+                    return fast, ((w, h) if _exif_transposes(img) else (h, w))
             img.load()
     except ImageDecodeError:
         raise
@@ -110,6 +129,24 @@ def decode_image_reduced(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_
         return _to_rgb_array(img), ((w, h) if transposed else (h, w))
     except (OSError, ValueError) as e:
         raise ImageDecodeError("unsupported_mode", f"mode {img.mode}: {e}") from None
+
+
+def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+    """A JPEG's pixels as ``H x W x 3`` uint8 RGB (EXIF orientation applied) by libjpeg-turbo
+    through torchvision, or ``None`` when it refuses the file (Pillow then decodes it and
+    names the reason). A truncated file raises here as it does in Pillow."""
+    if _tv_decode_jpeg is None:
+        return None
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision 0.29's deprecation notice, once per call site
+            chw = _tv_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=_ReadMode.RGB,
+                                  apply_exif_orientation=True)
+    except RuntimeError:
+        return None
+    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
 
 
 def _exif_transposes(img: Image.Image) -> bool:

@@ -327,6 +327,15 @@ def test_oracle_from_folders_scores_exactly(ray_session, bench, tmp_path):
     assert "| paper, Depth Anything V2-L | .074 / .946 | .045 / .979 | .487 / .752 | .131 / .865 | .066 / .952" in md
     assert "| paper, Depth Anything V2-L | 97.1 |" in md and "| outdoor | 5 | 100.0 |" in md
     assert "000009.jpg` bad_ground_truth" in md and "0000000098.png` missing_file" in md
+    # the image-blind layout prior of every depth dataset: one map, which the oracle beats everywhere
+    for name in names:
+        d = report["datasets"][name]
+        if name == "da2k":
+            assert "layout_prior" not in d
+            continue
+        lp = d["layout_prior"]
+        assert lp["images"] == d["n_images"] and lp["abs_rel"] > d["abs_rel"] + 1e-3, (name, lp, d["abs_rel"])
+    assert "| layout prior (image-blind) |" in md and "Layout prior: one fixed map" in md
     # The same oracle aligned in depth space: only the scale is free there, so the shift 0.3 costs accuracy.
     argv2 = ["--predictions", str(r / "predictions"), "--encoder", "vitl", "--output", str(tmp_path / "depth"),
              "--dataset", f"eth3d={r / 'eth3d'}", "--alignment", "depth"]

@@ -578,6 +578,14 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_a
         assert set(baseline["sets"]) == set(SETS) and all(v["abs_rel"] > 0 for v in baseline["sets"].values())
         md = s3.get_object(Bucket=bucket, Key="pipeline/report.md")["Body"].read().decode()
         assert f"| constant {baseline['median_depth']:.2f} m |" in md
+        # the layout priors: relative (as the training loop's validation computes it) and in metres
+        layout = report["layout_prior"]
+        assert set(layout) == {"relative", "metric"} and all(set(v) == set(SETS) for v in layout.values())
+        teacher_rows = [json.loads(line) for line in s3.get_object(
+            Bucket=bucket, Key="pipeline/teacher/metrics.jsonl")["Body"].read().decode().splitlines()]
+        assert layout["relative"]["synthetic"]["abs_rel"] == pytest.approx(
+            teacher_rows[0]["val_layout_prior_abs_rel"], rel=2e-3)  # the same held-out set, computed apart
+        assert "| layout prior |" in md and "| layout prior (m) |" in md
         stages = {n: s["status"] for n, s in report["stages"].items()}
         assert list(stages) == STAGE_NAMES
         assert all(stages[n] == "skipped" for n in STAGE_NAMES[:6]), stages

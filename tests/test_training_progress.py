@@ -118,3 +118,36 @@ def test_the_pipeline_report_marks_a_stage_that_did_not_learn():
     assert "| teacher | ran | 120 | yes (val_abs_rel 0.440 → 0.300) |" in text
     assert "| student_tiny | ran | 130 | **NO** (val_abs_rel 0.408 → 0.392) |" in text
     assert "**Stages that did not learn**" in text and "student_tiny: val_abs_rel 0.408 at the start" in text
+
+
+def test_the_evaluation_jobs_grid_sample_gives_the_full_resolution_prior():
+    """The evaluation job keeps each ground truth as a grid sample (valid pixels of its protocol,
+    crop included, long side <= PRIOR_GRID_SIDE): exact for small maps, close for large ones."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from depthlib.evaluation.baselines import PRIOR_GRID_SIDE, grid_prior_scores, layout_prior_scores, prior_grid
+    from depthlib.evaluation.protocol import Protocol, valid_pixels
+
+    rng = np.random.default_rng(0)
+
+    def scenes(n, h, w):
+        y = np.linspace(0, 1, h)[:, None]
+        x = np.linspace(0, 1, w)[None, :]
+        return [(1.0 + 8 * y * (1 + 0.3 * rng.random()) + 0.5 * np.sin(6 * x + rng.random() * 6)
+                 + 0.05 * rng.random((h, w))).astype(np.float32) for _ in range(n)]
+
+    for alignment in ("disparity", "none"):
+        for h, w, tol in ((60, 80, 2e-3), (480, 640, 0.02)):  # exact up to float16; a 4x grid (0.5-0.9% seen)
+            protocol = Protocol(0.5, 8.0, alignment, "eigen_nyu" if h == 480 and alignment == "disparity" else None)
+            depths = scenes(6, h, w)
+            masks = [rng.random((h, w)) > 0.1 for _ in depths]
+            valid = [valid_pixels(torch.from_numpy(d), torch.from_numpy(m), protocol).numpy()
+                     for d, m in zip(depths, masks)]
+            full = layout_prior_scores(depths, masks, protocol)
+            grids = [prior_grid(d, v) for d, v in zip(depths, valid)]
+            got = grid_prior_scores(grids, protocol)
+            assert got["images"] == full["images"] == 6
+            assert got["abs_rel"] == pytest.approx(full["abs_rel"], rel=tol), (alignment, h)
+            assert np.load(__import__("io").BytesIO(grids[0])).shape[1] <= PRIOR_GRID_SIDE

@@ -9,10 +9,17 @@ resized back to each image. A pixel no image covers takes the median of all
 valid values. Since it is computed on the held-out set itself, no image-blind
 map can do much better: a model that does not beat it has learned the
 scenes' layout at most.
+
+The evaluation job streams its samples, so it keeps each ground truth only as
+a small *grid sample* (:func:`prior_grid`: every ``f``-th pixel, nearest, so
+the long side is at most ``PRIOR_GRID_SIDE``; exact for smaller maps) and
+computes and scores the prior on those (:func:`grid_prior_scores`).
 """
 
 from __future__ import annotations
 
+import io
+import math
 from collections import Counter
 from typing import Sequence
 
@@ -66,3 +73,27 @@ def layout_prior_scores(depths: Sequence[np.ndarray], valids: Sequence[np.ndarra
             totals[k] += float(m[k][0])
         n += 1
     return {k: v / max(n, 1) for k, v in totals.items()} | {"images": n}
+
+
+PRIOR_GRID_SIDE = 192  # long side of a ground truth's grid sample; held in float16 (~100 KB a map)
+
+
+def prior_grid(depth: np.ndarray, valid: np.ndarray) -> bytes:
+    """A ground truth's grid sample for the layout prior, as ``.npy`` bytes: ``depth`` (metres,
+    ``H x W``) at every ``f``-th pixel, ``f = ceil(max(H, W) / PRIOR_GRID_SIDE)``, 0 where
+    ``valid`` (the protocol's valid pixels, crop included) is False; float16 (depth clipped
+    at 65000 m; 0.05% relative steps, far below what a median baseline resolves)."""
+    f = max(1, math.ceil(max(depth.shape) / PRIOR_GRID_SIDE))
+    grid = np.where(valid, np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0), 0.0)[::f, ::f]
+    buf = io.BytesIO()
+    np.save(buf, np.clip(grid, 0, 65000).astype(np.float16), allow_pickle=False)
+    return buf.getvalue()
+
+
+def grid_prior_scores(grids: Sequence[bytes], protocol: Protocol) -> dict[str, float]:
+    """:func:`layout_prior_scores` on grid samples (:func:`prior_grid`): valid pixels are the
+    positive ones, which already passed the protocol's range and crop (so ``crop`` is not
+    applied again)."""
+    depths = [np.load(io.BytesIO(g), allow_pickle=False).astype(np.float32) for g in grids]
+    plain = Protocol(protocol.min_depth, protocol.max_depth, protocol.alignment)
+    return layout_prior_scores(depths, [d > 0 for d in depths], plain)

@@ -146,7 +146,7 @@ def run_evaluation(config: EvaluateConfig, log=print) -> dict:
                 key = str(batch["key"][i])
                 results[str(batch["dataset"][i])].add(
                     key, str(batch["error"][i]), str(batch["detail"][i]), json.loads(batch["result"][i]),
-                    batch["preview"][i], sample_rank(key))
+                    batch["preview"][i], sample_rank(key), batch["layout"][i])
                 done += 1
                 if done % every == 0:
                     log(f"[evaluate]   {done}/{n_total} samples scored ({time.time() - t_pipeline:.0f}s)")

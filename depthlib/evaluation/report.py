@@ -4,7 +4,8 @@
 metrics per image, plus a fixed number of preview strips), and
 :func:`write_report` writes, under the output URI::
 
-    report.json                 checkpoint, encoder, input size, per dataset: metrics, protocol, errors
+    report.json                 checkpoint, encoder, input size, per dataset: metrics, protocol, errors,
+                                and ``layout_prior`` (the image-blind baseline, depthlib.evaluation.baselines)
     report.md                   tables laid out like the paper's Table 2 and 3, with its figures
     config.json                 the resolved job settings
     <dataset>/per_image.csv     each image's metrics (DA-2K: pairs and accuracy per image)
@@ -25,7 +26,9 @@ from typing import Any, Optional
 
 from depthlib import storage
 from depthlib.evaluation import pictures
+from depthlib.evaluation.baselines import PRIOR_GRID_SIDE, grid_prior_scores
 from depthlib.evaluation.datasets import DatasetPlan
+from depthlib.evaluation.protocol import Protocol
 from depthlib.metrics import METRIC_NAMES
 
 # Depth Anything V2 paper (arXiv 2406.09414), Table 2: zero-shot relative depth, (AbsRel, delta1).
@@ -74,16 +77,20 @@ class DatasetResults:
         self.errors: list[dict] = []
         self._samples: list[tuple[int, str, bytes]] = []  # max-heap by rank (negated): lowest ranks kept
         self._worst: list[tuple[float, str, bytes]] = []  # min-heap by badness: the worst kept
+        self._layout: list[bytes] = []  # grid samples of the scored ground truths, for the layout prior
 
     @property
     def is_da2k(self) -> bool:
         return self.plan.spec.layout == "da2k"
 
-    def add(self, key: str, error: str, detail: str, result: dict, preview: bytes, rank: int) -> None:
+    def add(self, key: str, error: str, detail: str, result: dict, preview: bytes, rank: int,
+            layout: bytes = b"") -> None:
         if error:
             self.errors.append({"key": key, "reason": error, "detail": detail})
             return
         self.rows.append({"key": key, **result})
+        if layout:
+            self._layout.append(layout)
         if not preview or not self.n_pictures:
             return
         item = (-rank, key, preview)
@@ -129,6 +136,10 @@ class DatasetResults:
                 out[m] = sum(r[m] for r in self.rows) / len(self.rows) if self.rows else None
             worst = sorted(self.rows, key=lambda r: (-r["abs_rel"], r["key"]))[:self.n_worst]
             out["worst"] = [{"key": r["key"], "abs_rel": r["abs_rel"], "d1": r["d1"]} for r in worst]
+            if self._layout:
+                p = self.protocol
+                prior = grid_prior_scores(self._layout, Protocol(p["min_depth"], p["max_depth"], p["alignment"]))
+                out["layout_prior"] = {**prior, "grid_side": PRIOR_GRID_SIDE}
         out["protocol"] = self.protocol
         out["n_no_gt"] = self.plan.n_no_gt
         out["n_errors"] = len(self.errors)
@@ -201,6 +212,10 @@ def render_markdown(report: dict) -> str:
         lines.append("|" + "---|" * len(head))
         ours = [f"**{_f(datasets[n]['abs_rel'])}** / **{_f(datasets[n]['d1'])}**" for n in depth_names]
         lines.append("| this checkpoint | " + " | ".join(ours) + " |")
+        if any(datasets[n].get("layout_prior") for n in depth_names):
+            cells = [f"{_f(lp['abs_rel'])} / {_f(lp['d1'])}" if (lp := datasets[n].get("layout_prior")) else "–"
+                     for n in depth_names]
+            lines.append("| layout prior (image-blind) | " + " | ".join(cells) + " |")
         if paper:
             cells = []
             for n in depth_names:
@@ -209,6 +224,13 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| paper, Depth Anything V2-{enc[3:].upper()} | " + " | ".join(cells) + " |")
         lines.append("")
         notes = []
+        if any(datasets[n].get("layout_prior") for n in depth_names):
+            notes.append("Layout prior: one fixed map for every image of a dataset, the per-pixel median of its own "
+                         "ground truth (" + ("depth, scored in metres unaligned" if metric else
+                                             "disparity, aligned per image like the model") + "), on each map's "
+                         f"grid sample (long side <= {PRIOR_GRID_SIDE} px, nearest). No model blind to the image "
+                         "can do much better: a checkpoint that does not beat it has learned the scenes' layout "
+                         "at most.")
         if paper and any(_base(n) in ("diode", "diode_indoor") for n in depth_names):
             notes.append("The paper's DIODE figure is printed beside `diode` and `diode_indoor`: it matches the "
                          "indoor split (about 0.072 AbsRel from released V2-L), while the full validation split "

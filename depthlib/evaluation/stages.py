@@ -12,7 +12,8 @@
    the prediction to its size (bilinear, aligned corners: the released
    ``infer_image``), and scores it with ``depthlib.evaluation.protocol`` (or
    the DA-2K pairs); returns one small result row per sample with its
-   metrics and a preview strip.
+   metrics, a preview strip, and a small grid sample of its ground truth
+   for the image-blind layout prior (``depthlib.evaluation.baselines``).
 
 Every failure of one sample (a missing or damaged file, an undecodable
 image, a ground truth without valid pixels, a bad annotation) becomes a
@@ -30,6 +31,7 @@ import numpy as np
 
 from depthlib import storage
 from depthlib.evaluation import pictures
+from depthlib.evaluation.baselines import prior_grid
 from depthlib.evaluation.datasets import GroundTruthError, decode_ground_truth, decode_npy
 from depthlib.evaluation.protocol import Protocol, kitti_benchmark_crop, pairs_correct, score_and_depth, valid_pixels
 from depthlib.evaluation.sources import FileReadError, Locator, read_locator
@@ -225,7 +227,7 @@ class ScoreRows:
             depth, valid = depth[top:top + h, left:left + w], valid[top:top + h, left:left + w]
         return np.ascontiguousarray(depth), np.ascontiguousarray(valid)
 
-    def _one(self, row: dict) -> tuple[dict, bytes]:
+    def _one(self, row: dict) -> tuple[dict, bytes, bytes]:
         import torch
 
         from depthlib.transforms import resize_prediction
@@ -244,7 +246,7 @@ class ScoreRows:
             except (ValueError, KeyError, TypeError) as e:
                 raise _Skip("bad_annotation", f"annotations.json, image {row['key']}: {e}") from None
             result = {"n_pairs": len(pairs), "n_correct": int(sum(right)), "scene": sample["scene"]}
-            return result, pictures.png(pictures.pairs_strip(thumb, pred, pairs, right, self.metric))
+            return result, pictures.png(pictures.pairs_strip(thumb, pred, pairs, right, self.metric)), b""
         gt, mask = self._ground_truth(layout, sample, row)
         protocol = Protocol(**self.protocols[row["dataset"]])
         pred = resize_prediction(pred, gt.shape)
@@ -260,19 +262,19 @@ class ScoreRows:
         metrics, depth = score_and_depth(pred, gt_t, mask_t, protocol)
         metrics = {k: float(v) for k, v in metrics.items()}
         preview = pictures.png(pictures.depth_strip(thumb, depth.numpy(), gt, valid.numpy()))
-        return {**metrics, "n_valid": n_valid}, preview
+        return {**metrics, "n_valid": n_valid}, preview, prior_grid(gt, valid.numpy())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         storage.set_default_s3(self.s3)
-        out = {c: [] for c in ("dataset", "key", "error", "detail", "result", "preview")}
+        out = {c: [] for c in ("dataset", "key", "error", "detail", "result", "preview", "layout")}
         for i in range(len(batch["key"])):
             row = {c: batch[c][i] for c in batch}
             for c in EVAL_INT_COLUMNS:
                 row[c] = int(row[c])
-            error, detail, result, preview = str(row["error"]), str(row["detail"]), {}, b""
+            error, detail, result, preview, layout = str(row["error"]), str(row["detail"]), {}, b"", b""
             if not error:
                 try:
-                    result, preview = self._one(row)
+                    result, preview, layout = self._one(row)
                 except _Skip as e:
                     error, detail = e.reason, e.detail[:1000]
                 except Exception as e:  # noqa: BLE001 - one sample's surprise must not fail the others
@@ -283,6 +285,7 @@ class ScoreRows:
             out["detail"].append(detail)
             out["result"].append(json.dumps(result))
             out["preview"].append(preview)
+            out["layout"].append(layout)
         return rows_to_batch(out, ())
 
 

@@ -78,9 +78,10 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict:
     outcomes = run_stages(plan.root, plan.stages, config.rerun, config.discard_replaced, log)
     models, benchmarks, protocol = report_mod.model_table(plan)
     baseline = report_mod.metric_baseline(plan)
+    layout = report_mod.layout_priors(plan)
     report = {
         "models": models, "benchmarks": benchmarks, "metric_from": plan.base_student, "protocol": protocol,
-        "metric_baseline": baseline,
+        "metric_baseline": baseline, "layout_prior": layout,
         "stages": {n: {"status": o.status, "seconds": o.seconds,
                        **({"learning": o.summary["learning"]} if o.summary.get("learning") else {})}
                    for n, o in outcomes.items()},
@@ -89,7 +90,7 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict:
         "preset": config.preset,
     }
     report_mod.write(plan.root, report)
-    log("[pipeline] results:\n" + report_mod.format_table(models, protocol, plan.base_student, baseline))
+    log("[pipeline] results:\n" + report_mod.format_table(models, protocol, plan.base_student, baseline, layout))
     for name, verdict in report_mod.not_learning(report).items():
         log(f"[pipeline] WARNING: stage {name} did not learn: {report_mod.learning_note(verdict)}")
     log(f"[pipeline] report: {storage.redact(storage.join(plan.root, 'report.md'))} ({report['seconds']:.0f}s)")

@@ -6,12 +6,17 @@ Written after every run as ``<storage>/report.json`` and ``report.md``::
                     {"synthetic": {"abs_rel", "d1", "pair_accuracy"}, "photo": {...}, "street": {...}}},
      "benchmarks": {model: {dataset: {"abs_rel", "d1"} or {"accuracy"}}},
      "metric_baseline": {"median_depth": m, "sets": {set: {"abs_rel", "d1"}}},
+     "layout_prior": {"relative" | "metric": {set: {"abs_rel", "d1"}}},
      "metric_from": "student_<enc>", "stages": {stage: {"status", "seconds"[, "learning"]}}, "seconds": ..., "pictures": {...}}
 
 AbsRel and delta1 of relative models are after the per-image least-squares
 scale and shift in disparity (the zero-shot protocol); the metric model's are
 in metres, unaligned, on the pixels within its training depth range.
 ``pair_accuracy`` is the share of DA-2K-style pairs (sampled on the held-out ground truth) ordered right.
+The *layout prior* rows are the image-blind baseline of each held-out set
+(``depthlib.evaluation.baselines``: the per-pixel median of its own ground
+truth, one map for every image), scored like the relative models (disparity,
+aligned) and like the metric model (metres, unaligned).
 """
 
 from __future__ import annotations
@@ -46,6 +51,23 @@ def model_table(plan: Plan) -> tuple[dict, dict, dict]:
         if rest:
             benchmarks[m.name] = rest
     return models, benchmarks, protocol
+
+
+def layout_priors(plan: Plan) -> dict[str, dict]:
+    """``{"relative": {set: {"abs_rel", "d1"}}, "metric": {...}}``: each held-out set's layout prior
+    as the evaluation reports scored it, under the relative protocol (from the first relative
+    model's report) and the metric one (the metric model's); a kind without a report is left out."""
+    out: dict[str, dict] = {}
+    for m in plan.models:
+        kind = "metric" if m.metric else "relative"
+        if kind in out:
+            continue
+        ds = json.loads(storage.read_bytes(storage.join(plan.root, "evaluate", m.name, "report.json")))["datasets"]
+        sets = {s: {k: ds[f"shards.{s}"]["layout_prior"][k] for k in ("abs_rel", "d1")}
+                for s in HELDOUT_SETS if ds.get(f"shards.{s}", {}).get("layout_prior")}
+        if sets:
+            out[kind] = sets
+    return out
 
 
 def metric_baseline(plan: Plan) -> dict:
@@ -104,18 +126,37 @@ def _baseline_label(baseline: dict) -> str:
     return f"constant {baseline['median_depth']:.2f} m"
 
 
-def _with_baseline(models: dict, baseline: dict | None) -> dict:
-    """The table's rows: the models, then the metric baseline (no pair accuracy) when given."""
+LAYOUT_ROWS = {"relative": "layout prior", "metric": "layout prior (m)"}
+
+
+def _with_baseline(models: dict, baseline: dict | None, layout: dict | None = None) -> dict:
+    """The table's rows: the models, then the image-blind baselines (no pair accuracy) when given:
+    the layout priors (relative, then metric) and the metric model's constant."""
     rows = dict(models)
+    for kind, label in LAYOUT_ROWS.items():
+        if (layout or {}).get(kind):
+            rows[label] = {s: {**layout[kind].get(s, {"abs_rel": None, "d1": None}), "pair_accuracy": None}
+                           for s in HELDOUT_SETS}
     if baseline:
         rows[_baseline_label(baseline)] = {s: {**v, "pair_accuracy": None} for s, v in baseline["sets"].items()}
     return rows
 
 
-def format_table(models: dict, protocol: dict, metric_from: str | None = None, baseline: dict | None = None) -> str:
+def _layout_note(layout: dict | None) -> str:
+    if not layout:
+        return ""
+    return (" Layout prior: one fixed map for every image of a set, the per-pixel median of the set's own ground "
+            "truth, scored like the relative models (disparity, aligned)"
+            + ("; (m): the same in metres, scored like the metric model" if layout.get("metric") else "")
+            + ". No model blind to the image can do much better.")
+
+
+def format_table(models: dict, protocol: dict, metric_from: str | None = None, baseline: dict | None = None,
+                 layout: dict | None = None) -> str:
     """A plain-text table: one row per model, AbsRel / delta1 / pair accuracy per held-out set, and
-    the metric model's constant baseline (:func:`metric_baseline`) when given."""
-    rows = _with_baseline(models, baseline)
+    the layout priors (:func:`layout_priors`) and the metric model's constant baseline
+    (:func:`metric_baseline`) when given."""
+    rows = _with_baseline(models, baseline, layout)
     name_w = max(len("model"), *(len(n) + len(" (metres)") for n in rows)) + 2
     group = 30
     lines = [(" " * name_w + "".join(f"{SET_TITLES.get(s, s):<{group}}" for s in HELDOUT_SETS)).rstrip(),
@@ -130,6 +171,7 @@ def format_table(models: dict, protocol: dict, metric_from: str | None = None, b
                  "per-image least-squares scale and shift in disparity; metric: metres, unaligned, within its "
                  "training depth range"
                  + (f" (fine-tuned from {metric_from})" if metric_from else "") + "."
+                 + _layout_note(layout)
                  + (f" {_baseline_label(baseline)}: the metric training data's median depth everywhere, scored "
                     "like the metric model." if baseline else ""))
     notes = [f"{s}: {p['images']} images, depth {p['min_depth']:g}-{p['max_depth']:g} m, {p['pairs']} pairs"
@@ -144,7 +186,7 @@ def markdown(report: dict) -> str:
              "| model | " + " | ".join(f"{s} AbsRel ↓ | {s} δ1 ↑ | {s} pairs ↑" for s in HELDOUT_SETS) + " |",
              "|---|" + "---|---|---|" * len(HELDOUT_SETS)]
     baseline = report.get("metric_baseline")
-    rows = _with_baseline(report["models"], baseline)
+    rows = _with_baseline(report["models"], baseline, report.get("layout_prior"))
     for name, row in rows.items():
         cells = []
         for s in HELDOUT_SETS:
@@ -156,7 +198,8 @@ def markdown(report: dict) -> str:
               f"the metric model (fine-tuned from {report['metric_from']}): metres, no alignment, within its "
               "training depth range"
               + (f"; {_baseline_label(baseline)}: the metric training data's median depth everywhere, scored like "
-                 "the metric model" if baseline else "") + ". "
+                 "the metric model" if baseline else "") + "."
+              + _layout_note(report.get("layout_prior")) + " "
               "Pairs: DA-2K-style pair accuracy on pairs sampled on the held-out ground truth.", ""]
     for name, entries in report.get("benchmarks", {}).items():
         lines.append(f"- **{name}** benchmarks: " + ", ".join(
