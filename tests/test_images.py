@@ -82,3 +82,23 @@ def test_a_reduced_decode_still_uses_the_dct_scale():
     # nothing to reduce: the full-size (fast) path, same pixels as Pillow
     pixels, hw = decode_image_reduced(big, at_least=lambda h, w: (h, w))
     assert pixels.shape == (400, 640, 3) and np.array_equal(pixels, _pillow(big))
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_every_truncation_pillow_refuses_is_refused(progressive):
+    """The fast decoder must never hand back part of a picture that Pillow would refuse: cut the
+    file at many points; wherever Pillow refuses, decode_image refuses with Pillow's reason."""
+    data = _jpeg(_photo(64, 96, 6), quality=90, progressive=progressive)
+    for cut in [*range(1, 24), *range(24, len(data) - 200, 61)]:
+        part = data[:len(data) - cut]
+        try:
+            Image.open(io.BytesIO(part)).load()
+            pillow_refuses = False
+        except Exception:  # noqa: BLE001 - whatever Pillow raises
+            pillow_refuses = True
+        if pillow_refuses:
+            with pytest.raises(ImageDecodeError) as e:
+                decode_image(part)
+            assert e.value.reason in ("truncated", "corrupt"), (cut, e.value)  # corrupt: cut inside a scan
+        else:
+            assert np.array_equal(decode_image(part), _pillow(part)), cut
