@@ -110,15 +110,17 @@ def bare_loop(paths: list[Path], checkpoint: str, encoder: str, input_size: int,
 
 
 def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessing: str,
-                out: Path) -> dict[str, float]:
-    """CPU core-milliseconds per image of each CPU stage of the job, timed in this process on
+                out: Path) -> tuple[dict[str, float], float]:
+    """(CPU core-milliseconds per image of each CPU stage of the job, core-ms per image of the
+    same decodes through Pillow alone), timed in this process on
     the job's own functions (``time.thread_time``: the CPU time of the calling thread, so Ray's
     own background threads in this process do not count; one torch thread):
 
-    read (the object's bytes), decode (Pillow, reduced DCT scale for large JPEGs under
-    ``fast``), resize (to the model's input), transfer (a decoded block through Ray's object
-    store and into the actor's batch, and the labels back to the writer), encode (label
-    encoding and the Parquet shard), write (the shard to storage)."""
+    read (the object's bytes), decode (``depthlib.images``: Pillow reads the header,
+    torchvision's libjpeg-turbo the pixels of a full-size JPEG; Pillow at a reduced DCT scale
+    for large JPEGs with ``reduced_decode``), resize (to the model's input), transfer (a
+    decoded block through Ray's object store and into the actor's batch, and the labels back
+    to the writer), encode (label encoding and the Parquet shard), write (the shard to storage)."""
     import ray
     from ray.data.block import BlockAccessor
 
@@ -141,6 +143,17 @@ def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessi
         data = timed("read", stage.read, p.name)
         image, hw = timed("decode", stage.decode, data)
         decoded.append((p.name, data, hw, timed("resize", stage.resize, image, hw)))
+    # the same decodes through Pillow alone (the decoder before torchvision's), not in the total
+    from depthlib import images as images_mod
+
+    saved, images_mod._JPEG_DECODER = images_mod._JPEG_DECODER, None
+    try:
+        t = time.thread_time()
+        for _, data, _, _ in decoded:
+            stage.decode(data)
+        pillow_decode = time.thread_time() - t
+    finally:
+        images_mod._JPEG_DECODER = saved
     by_shape: dict[tuple, list] = {}
     for d in decoded:
         by_shape.setdefault(d[3].shape, []).append(d)
@@ -173,7 +186,7 @@ def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessi
 
             data = timed("encode", encode)
             timed("write", storage.write_bytes, str(out / f"costs-{shape[1]}-{start}.parquet"), data)
-    return {k: 1000 * v / len(paths) for k, v in cost.items()}
+    return {k: 1000 * v / len(paths) for k, v in cost.items()}, 1000 * pillow_decode / len(paths)
 
 
 def memory_warnings():
@@ -212,9 +225,11 @@ def stand_in_runs(args, bs: int) -> dict:
         result["jpeg_bytes_per_pixel"] = round(float(np.mean([p.stat().st_size for p in paths[:16]])
                                                      / np.mean(mp) / 1e6), 3)
         ray.init(num_cpus=args.cpus or os.cpu_count(), num_gpus=1, include_dashboard=False, log_to_driver=False)
-        costs = stage_costs(paths[:32], args.input_size, bs, args.preprocessing, tmp)
+        costs, pillow_decode = stage_costs(paths[:32], args.input_size, bs, args.preprocessing, tmp)
         total = sum(costs.values())
         result["core_ms_per_image"] = {k: round(v, 2) for k, v in costs.items()}
+        result["decode_core_ms_pillow_alone"] = round(pillow_decode, 2)
+        result["decode_pillow_over_torchvision"] = round(pillow_decode / max(costs["decode"], 1e-9), 2)
         result["core_ms_per_image_total"] = round(total, 2)
         result["images_per_s_one_core_feeds"] = round(1000 / total, 1)
         warnings = memory_warnings()

@@ -25,11 +25,24 @@ from PIL import Image, ImageFile, ImageOps
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
-try:  # deprecated in torchvision 0.29 in favour of TorchCodec; Pillow decodes everything if it goes
-    from torchvision.io import ImageReadMode as _ReadMode
-    from torchvision.io import decode_jpeg as _tv_decode_jpeg
-except ImportError:  # pragma: no cover
-    _tv_decode_jpeg = None
+
+
+def _jpeg_decoder():
+    """torchvision's ``(decode_jpeg, ImageReadMode)``, imported on first use (a process that never
+    decodes a JPEG does not load it), or ``None`` without it: deprecated in torchvision 0.29 in
+    favour of TorchCodec; Pillow decodes everything if it goes."""
+    global _JPEG_DECODER
+    if _JPEG_DECODER is False:
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            _JPEG_DECODER = (decode_jpeg, ImageReadMode)
+        except ImportError:  # pragma: no cover
+            _JPEG_DECODER = None
+    return _JPEG_DECODER
+
+
+_JPEG_DECODER = False  # not looked up yet
 
 MIN_SIDE = 14  # one ViT patch
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger headers are treated as decompression bombs
@@ -135,15 +148,17 @@ def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
     """A JPEG's pixels as ``H x W x 3`` uint8 RGB (EXIF orientation applied) by libjpeg-turbo
     through torchvision, or ``None`` when it refuses the file (Pillow then decodes it and
     names the reason). A truncated file raises here as it does in Pillow."""
-    if _tv_decode_jpeg is None:
+    decoder = _jpeg_decoder()
+    if decoder is None:
         return None
     import torch
 
+    decode_jpeg, read_mode = decoder
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision 0.29's deprecation notice, once per call site
-            chw = _tv_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=_ReadMode.RGB,
-                                  apply_exif_orientation=True)
+            warnings.simplefilter("ignore")  # torchvision 0.29's deprecation notice
+            chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode.RGB,
+                              apply_exif_orientation=True)
     except RuntimeError:
         return None
     return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())

@@ -31,8 +31,10 @@ MAX_ROUNDS = 3  # a partition whose pieces conflict (a retried task regrouped ro
 # with benchmarks/pseudo_label.py, a decoding task of 32 keys of 1-2 MP JPEGs peaks at
 # 630-670 MiB with uint8 inputs and 1.1-1.2 GiB with float32 ones: ~550 MiB of Python, torch,
 # Pillow and pyarrow, then about 4x the block's model inputs (held as numpy, Arrow and
-# serialised copies) and the source bytes.
+# serialised copies) and the source bytes. Decoding JPEGs through torchvision adds ~170 MiB
+# (its libraries; 820-840 MiB peaks measured with uint8 inputs).
 TASK_BASE_MEMORY = 768 * 2**20
+DECODER_MEMORY = 160 * 2**20
 BLOCK_COPIES = 5
 SOURCE_IMAGE_BYTES = 2 * 2**20  # a 1-2 MP JPEG and its share of a decode in flight
 
@@ -50,7 +52,8 @@ def stage_memory(config: PseudoLabelConfig) -> dict[str, int]:
     input_bytes = px * (3 if config.preprocessing == "fast" else 12)
     rows_per_write = config.batch_size * PASSES_PER_CALL
     return {
-        "decode": TASK_BASE_MEMORY + config.keys_per_task * (BLOCK_COPIES * input_bytes + SOURCE_IMAGE_BYTES),
+        "decode": TASK_BASE_MEMORY + DECODER_MEMORY
+        + config.keys_per_task * (BLOCK_COPIES * input_bytes + SOURCE_IMAGE_BYTES),
         # a block of float32 labels and their images, and the Parquet table built from them
         "write": TASK_BASE_MEMORY + rows_per_write * (2 * 4 * px + 2 * SOURCE_IMAGE_BYTES),
     }
