@@ -44,7 +44,8 @@ def scene_key(index: int) -> str:
 class MakeSyntheticConfig:
     """Render procedural scenes with exact metric depth into object storage."""
 
-    output: str = field(metadata={"help": "URI of the output prefix: a local dir, file:// or s3://bucket/prefix"})
+    output: str = field(metadata={
+        "help": "URI of the output prefix: a local dir, file://, s3://bucket/prefix or gs://bucket/prefix"})
     count: int = field(default=1000, metadata={"help": "number of scenes"})
     size: str = field(default="518x518", metadata={"help": "image size as HxW (height x width)"})
     seed: int = field(default=0, metadata={"help": "run seed; scene i renders with seed*1000003+i"})

@@ -26,7 +26,7 @@ class PredictConfig:
     """Predict depth for one image or a directory of images."""
 
     input: str = field(metadata={"help": "an image file or a directory of images"})
-    checkpoint: str = field(metadata={"help": "released-format .pth (local path or s3:// URI)"})
+    checkpoint: str = field(metadata={"help": "released-format .pth (local path, s3:// or gs:// URI)"})
     encoder: str = field(default="vits", metadata={"help": "vits | vitb | vitl | vitg | tiny"})
     output: str = field(default="predictions", metadata={"help": "output directory"})
     input_size: int = field(default=518, metadata={"help": "shorter side fed to the model (multiple of 14)"})

@@ -211,12 +211,23 @@ def test_onnx_round_trip(onnx_relative):
 
 
 @pytest.mark.slow
-def test_onnx_round_trip_metric(tmp_path):
-    from depthlib.export.onnx_file import export_onnx
+def test_onnx_round_trip_metric_with_external_weights_as_one_named_file(tmp_path, monkeypatch):
+    """Also the ViT-G path (weights over protobuf's 2 GB go to "<name>.data" beside the graph),
+    forced on the tiny model, through the job with ``--output`` naming the file: both files land
+    in that folder under their own names, and ONNX Runtime finds the weights."""
+    from depthlib.export import onnx_file
+    from depthlib.models import released_bytes
 
     model = _model(metric=True, seed=6)
-    export_onnx(model, str(tmp_path / "m.onnx"))
-    _onnx_check(model, str(tmp_path / "m.onnx"), [(2, 518, 518), (1, 266, 364)])
+    checkpoint = tmp_path / "metric.pth"
+    checkpoint.write_bytes(released_bytes(model.state_dict(), "tiny"))
+    monkeypatch.setattr(onnx_file, "SINGLE_FILE_BYTES", 0)
+    target = tmp_path / "export" / "m.onnx"
+    run_export(ExportConfig(checkpoint=str(checkpoint), encoder="tiny", format="onnx", metric=True,
+                            max_depth=20.0, output=str(target)), log=lambda *_: None)
+    assert sorted(os.listdir(target.parent)) == ["m.onnx", "m.onnx.data"]
+    assert target.stat().st_size < (target.parent / "m.onnx.data").stat().st_size  # the weights are outside
+    _onnx_check(model, str(target), [(2, 518, 518), (1, 266, 364)])
 
 
 @pytest.mark.parametrize("metric", [False, True], ids=["relative", "metric"])

@@ -30,12 +30,12 @@ class EvaluateConfig:
     """Evaluate a depth model on the standard benchmarks and DA-2K (zero-shot protocol)."""
 
     checkpoint: Optional[str] = field(default=None, metadata={
-        "help": "model weights: released-format .pth (local path or s3://); omit with --predictions"})
+        "help": "model weights: released-format .pth (local path, s3:// or gs://); omit with --predictions"})
     encoder: str = field(metadata={"help": f"model size: {' | '.join(MODEL_SPECS)} (also picks the paper's row)"})
     dataset: list[str] = field(metadata={
         "help": f"NAME=URI, repeatable; NAME in {', '.join(DATASETS)}, or NAME.LABEL to evaluate several "
                 f"datasets of one layout (shards.photo=URI); URI: the dataset's folder, .tar "
-                f"(or DA-2K .zip), local or s3://"})
+                f"(or DA-2K .zip), local, s3:// or gs://"})
     split: list[str] = field(default_factory=list, metadata={
         "help": "NAME=URI of a split list (paths relative to the root), repeatable; default: every sample found"})
     output: str = field(metadata={"help": "URI for report.json, report.md, per-dataset CSVs and pictures"})

@@ -44,10 +44,11 @@ class ExportConfig:
     """Export a Depth Anything V2 checkpoint as a transformers folder, an ONNX file or safetensors."""
 
     checkpoint: str = field(metadata={"help": "a run's model.pth, a released .pth, a .safetensors, or a run / "
-                                              "Ray Train checkpoint directory (local or s3://)"})
+                                              "Ray Train checkpoint directory (local, s3:// or gs://)"})
     encoder: str = field(metadata={"help": f"model size: {' | '.join(MODEL_SPECS)}"})
     format: Literal["hf", "onnx", "safetensors"] = field(metadata={"help": "hf | onnx | safetensors"})
-    output: str = field(metadata={"help": "output directory (local or s3://), or a .onnx / .safetensors file name"})
+    output: str = field(metadata={
+        "help": "output directory (local, s3:// or gs://), or a .onnx / .safetensors file name"})
     metric: bool = field(default=False, metadata={"help": "the checkpoint is a metric-depth model"})
     max_depth: float = field(default=20.0, metadata={"help": "metric models: depth of a sigmoid output of 1, metres"})
     report: Optional[str] = field(default=None, metadata={
@@ -167,6 +168,12 @@ def _notes(fmt: str) -> list[str]:
     return ["Keys and values as the released `.pth` (`pretrained.*`, `depth_head.*`)."]
 
 
+def _sibling(path: str, name: str) -> str:
+    """``name`` in the folder of ``path`` (a local path or URI)."""
+    head, sep, _ = path.rstrip("/").rpartition("/")
+    return f"{head}{sep}{name}" if sep else name
+
+
 def run_export(cfg: ExportConfig, weights: str | None = None, log=print) -> dict:
     """Export ``cfg.checkpoint``; returns a summary (files written, verification errors)."""
     from depthlib.export.model_card import find_records, model_card
@@ -206,7 +213,8 @@ def run_export(cfg: ExportConfig, weights: str | None = None, log=print) -> dict
                                f"{worst:.3g} (relative; allowed {TOLERANCE[cfg.format]:g}): {errors}")
         files = []
         for name in sorted(os.listdir(tmp)):
-            dest = cfg.output if single_file else storage.join(cfg.output, name)
+            # a single-file output names the main file; ONNX external data ("<name>.data") goes beside it
+            dest = _sibling(cfg.output, name) if single_file else storage.join(cfg.output, name)
             with open(os.path.join(tmp, name), "rb") as f:
                 storage.write_bytes(dest, f.read())
             files.append(dest)

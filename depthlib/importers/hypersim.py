@@ -31,7 +31,8 @@ Facts, from apple/ml-hypersim:
   not included in the public release have no partition. ``--split FILE``
   keeps the frames of ``--subset`` (train, val, test) that are included; a
   split file without that header is read as a list of image paths (e.g.
-  Depth-Anything-V2's ``splits/hypersim/train.txt``).
+  Depth-Anything-V2's ``metric_depth/dataset/splits/hypersim/val.txt``, the
+  one Hypersim list that repository ships).
 """
 
 from __future__ import annotations

@@ -9,9 +9,14 @@ Facts, from HKBU-HPML/IRS:
 - ``d_N.exr`` holds DISPARITY in pixels, not depth: ``IRSLoader.load_disp``
   reads it as the ground-truth disparity through ``EXRloader.load_exr``,
   which takes a one-channel file's channel ``'G'`` as float32.
-- Camera (README): baseline 0.1 m, focal length 480 px, so depth =
+- Camera: focal length 480 px (``IRSLoader.py``), baseline 0.1 m
+  (``dataloader/scripts/disp2pcd.py``, not the README), so depth =
   480 * 0.1 / disparity. Stored as ``disparity`` (what the teacher learns,
   affine-invariant), with the focal length and baseline in the provenance.
+- Orientation: as ``IRSLoader.load_disp`` reads it, not flipped.
+  ``disp2pcd.py`` flips the EXR vertically (``disp_inverse_y``) before
+  making a point cloud; the training loader does not, and neither does this
+  importer. Not checked on a real IRS file here (none can be downloaded).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from depthlib.importers.base import FrameError, Label, decode_failure
 
 NAME = "irs"
 DEPTH_TYPE = "disparity"
-SOURCE = "HKBU-HPML/IRS README (baseline, focal), dataloader/IRSLoader.py and EXRloader.py"
+SOURCE = "HKBU-HPML/IRS dataloader/IRSLoader.py (focal, layout), EXRloader.py, scripts/disp2pcd.py (baseline)"
 LAYOUT = "{Home,Office,Restaurant,Store}/<scene>/{l_N.png,d_N.exr}"
 FOCAL_PX = 480.0
 BASELINE_M = 0.1

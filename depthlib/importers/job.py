@@ -55,7 +55,7 @@ class ImportConfig:
     dataset: Literal["hypersim", "vkitti2", "tartanair", "blendedmvs", "irs"] = field(metadata={
         "help": "which dataset the input holds"})
     input: str = field(metadata={"help": "URI of the dataset as downloaded: an extracted tree and/or its "
-                                         "archives (.zip, .tar), local or s3://"})
+                                         "archives (.zip, .tar), local, s3:// or gs://"})
     output: str = field(metadata={"help": "URI where shards/, errors/ and summary.json are written"})
     split: Optional[str] = field(default=None, metadata={
         "help": "hypersim: the official metadata_images_split_scene_v1.csv (frames of --subset included in "

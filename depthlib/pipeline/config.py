@@ -49,8 +49,8 @@ class PipelineConfig:
     """Run Depth Anything V2 end to end: synthetic data, teacher, pseudo labels, students, metric, evaluation."""
 
     storage: str = field(metadata={
-        "help": "where every stage writes (a local directory or s3://bucket/prefix); re-running the same "
-                "command skips finished stages and resumes the interrupted one"})
+        "help": "where every stage writes (a local directory, s3://bucket/prefix or gs://bucket/prefix); "
+                "re-running the same command skips finished stages and resumes the interrupted one"})
     rerun: list[str] = field(default_factory=list, metadata={
         "help": "re-run these finished stages and every stage after them that uses their outputs (their old "
                 "outputs are moved to <storage>/_replaced/); a group name (evaluate) means all its stages"})

@@ -35,8 +35,9 @@ class TrainConfig:
         "help": "training shards: a prefix (all .parquet under it) or a file, optionally URI:WEIGHT; "
                 "repeatable. Weights (all sources or none) set each source's share of the rows sampled; "
                 "without them every row is visited once per epoch (proportional to size)"})
-    output: str = field(metadata={"help": "run directory (local or s3://): config.json, metrics.jsonl, checkpoints, "
-                                          "model.pth, curves.png, samples/; re-running the same command resumes"})
+    output: str = field(metadata={"help": "run directory (local, s3:// or gs://): config.json, metrics.jsonl, "
+                                          "checkpoints, model.pth, curves.png, samples/; re-running the same "
+                                          "command resumes"})
     val_data: Optional[str] = field(default=None, metadata={
         "help": "held-out shards with metric depth for validation (zero-shot protocol, or metres for metric)"})
     encoder: str = field(default="vits", metadata={"help": f"model size: {' | '.join(MODEL_SPECS)}"})
