@@ -11,6 +11,9 @@ Conventions:
   predicts disparity up to an unknown per-image scale and shift, and the
   target is disparity too (ground-truth 1/depth, or a teacher's pseudo label).
 * ``silog_loss`` works on metric DEPTH in metres.
+* ``masked_patch_loss`` (self-supervised pretraining of the encoder) works on
+  images: ``B x 3 x H x W`` normalised, and per-patch predictions ``B x N x
+  (14*14*3)`` with ``B x N`` bool patch masks (True = hidden).
 * Values at masked-out pixels never reach a loss or a gradient (they are
   replaced before any arithmetic), so NaN/inf there is harmless.
 * An image without valid pixels contributes a loss of 0 and is left out of
@@ -42,6 +45,10 @@ __all__ = [
     "feature_alignment_loss",
     "silog_loss",
     "median_and_mad",
+    "patchify",
+    "random_patch_masks",
+    "masked_patch_loss",
+    "feature_spread",
 ]
 
 _METHODS = ("lstsq", "median")
@@ -341,3 +348,63 @@ def silog_loss(pred: Tensor, target: Tensor, mask: Tensor, lambd: float = 0.5,
     n_safe = n.clamp_min(1)
     var = (d * d).sum() / n_safe - lambd * (d.sum() / n_safe) ** 2
     return torch.where(n > 0, var.clamp_min(1e-12).sqrt(), 0.0)
+
+
+# --------------------------------------------------------------------------- masked-image pretraining
+
+
+def patchify(images: Tensor, patch: int) -> Tensor:
+    """``B x 3 x H x W`` -> ``B x N x (patch * patch * 3)``, patches in row-major
+    order (the ViT's token order), each flattened as ``(row, column, channel)``."""
+    b, c, h, w = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image {h}x{w} is not a multiple of the patch size {patch}")
+    gh, gw = h // patch, w // patch
+    x = images.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, gh * gw, patch * patch * c)
+
+
+def random_patch_masks(batch: int, patches: int, ratio: float, generator: torch.Generator | None = None,
+                       device: torch.device | str = "cpu") -> Tensor:
+    """``batch x patches`` bool: exactly ``round(ratio * patches)`` (at least 1,
+    at most ``patches - 1``) hidden patches per image, uniformly at random."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+    k = min(max(1, round(ratio * patches)), patches - 1)
+    noise = torch.rand(batch, patches, generator=generator, device=generator.device if generator else device)
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    return (ranks < k).to(device)
+
+
+def masked_patch_loss(pred: Tensor, images: Tensor, masks: Tensor, patch: int, eps: float = 1e-6) -> Tensor:
+    """Mean squared error of the predicted pixels of the HIDDEN patches (MAE's
+    objective with ``norm_pix_loss``; SimMIM's linear head).
+
+    Each target patch is normalised by its own mean and standard deviation
+    over its ``patch * patch * 3`` values, so the encoder must predict a
+    patch's structure (edges, texture, shading), not its colour; a
+    prediction of 0 everywhere scores about 1.
+
+    Args:
+        pred: ``B x N x (patch * patch * 3)`` predicted pixels (any float dtype).
+        images: ``B x 3 x H x W`` the encoder's input (normalised), ``N = (H/patch) * (W/patch)``.
+        masks: ``B x N`` bool, True where a patch was hidden from the encoder.
+    Returns: 0-dim float32; 0 (connected to the graph) when nothing is hidden.
+    """
+    target = patchify(images.float(), patch)
+    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+    target = (target - mean) / (var + eps).sqrt()
+    per_patch = (pred.float() - target).pow(2).mean(-1)
+    m = masks.to(per_patch.dtype)
+    return (per_patch * m).sum() / m.sum().clamp_min(1.0)
+
+
+def feature_spread(tokens: Tensor) -> Tensor:
+    """How much an encoder's features differ between images: the standard
+    deviation over the batch of each image's mean patch token, averaged over
+    channels (``tokens``: ``B x N x C``, after the encoder's LayerNorm).
+
+    A collapsed encoder (the same features for every image) scores 0; the
+    score is compared with the same encoder's at initialisation. Needs B >= 2."""
+    pooled = tokens.float().mean(1)
+    return pooled.std(0, unbiased=True).mean()

@@ -51,3 +51,38 @@ def to_png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def feature_pca_rgb(features: list[np.ndarray], percentiles: tuple[float, float] = (1.0, 99.0)) -> list[np.ndarray]:
+    """Encoder patch features as colours (DINOv2's PCA figure).
+
+    ``features``: one ``h x w x C`` array per image (its patch grid). The first
+    three principal components of all images' patch features together become
+    red, green and blue, each scaled between two percentiles over all images,
+    so the same colour means a similar feature in every picture. Returns one
+    ``h x w x 3`` uint8 per image. The components' signs are arbitrary."""
+    flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in features]).astype(np.float64)
+    centred = flat - flat.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    comps = centred @ vt[:3].T
+    if comps.shape[1] < 3:
+        comps = np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
+    lo, hi = np.percentile(comps, percentiles[0], axis=0), np.percentile(comps, percentiles[1], axis=0)
+    rgb = (np.clip((comps - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1) * 255).round().astype(np.uint8)
+    out, start = [], 0
+    for f in features:
+        n = f.shape[0] * f.shape[1]
+        out.append(rgb[start:start + n].reshape(f.shape[0], f.shape[1], 3))
+        start += n
+    return out
+
+
+def features_grid(images: list[np.ndarray], feature_maps: list[np.ndarray]) -> np.ndarray:
+    """Rows of image | PCA colours of its patch features (:func:`feature_pca_rgb`,
+    enlarged to the image's size, nearest); ``H x W x 3`` uint8."""
+    rows = []
+    for image, colours in zip(images, feature_pca_rgb(feature_maps)):
+        big = np.asarray(Image.fromarray(colours).resize((image.shape[1], image.shape[0]), Image.NEAREST))
+        rows.append(np.concatenate([image, big], axis=1))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)

@@ -1,8 +1,10 @@
-"""Train a Depth Anything V2 teacher, student or metric model with Ray Train.
+"""Pretrain an encoder, or train a Depth Anything V2 teacher, student or metric model, with Ray Train.
 
     python ray_jobs/train.py --stage teacher --data s3://bucket/synthetic/shards \
         --val-data s3://bucket/synthetic-val/shards --output s3://bucket/runs/teacher-vitl \
         --preset teacher_vitl --workers 8
+    python ray_jobs/train.py --stage pretrain --preset tiny_cpu --data demo_output/synthetic/shards \
+        --output runs/pretrain   # then --pretrained-encoder runs/pretrain/encoder.pth
 
 or through ``ray job submit --working-dir . -- python ray_jobs/train.py ...``.
 Settings: dataclass defaults < ``--preset NAME`` < ``--config FILE.yaml`` <

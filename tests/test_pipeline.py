@@ -33,8 +33,9 @@ from fixtures_s3 import all_backends
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("untrained", "teacher", "student_tiny", "metric")
 SETS = ("synthetic", "photo", "street")
-STAGE_NAMES = ["synthetic", "metric_data", "heldout", "bucket", "untrained", "teacher", "pseudo_labels", "student_tiny", "metric",
-               "evaluate/untrained", "evaluate/teacher", "evaluate/student_tiny", "evaluate/metric"]
+STAGE_NAMES = ["synthetic", "metric_data", "heldout", "bucket", "untrained", "pretrain_tiny", "teacher", "pseudo_labels",
+               "student_tiny", "metric", "evaluate/untrained", "evaluate/teacher", "evaluate/student_tiny",
+               "evaluate/metric"]
 
 
 # --------------------------------------------------------------------------- the runner, with fake stages
@@ -193,6 +194,17 @@ def test_presets_build_every_stage_from_the_training_presets(tmp_path):
         for k, v in TRAIN_PRESETS["tiny_cpu"].items():  # the recipe is the training preset's, never copied
             if k not in ("val_every", "checkpoint_every", "log_every", "gpus_per_worker"):  # operational
                 assert s[k] == v, k
+    # the pretraining stage: the teacher's training images, labels unread; teacher and student start from
+    # its encoder, and the student aligns its features to it (its frozen encoder defaults to its start)
+    assert by["pretrain_tiny"]["stage"] == "pretrain" and by["pretrain_tiny"]["data"] == ["<storage>/synthetic/shards"]
+    assert by["pretrain_tiny"]["steps"] == PRESETS["demo"]["pretrain_steps"] > 0
+    for name in ("teacher", "student_tiny"):
+        assert by[name]["pretrained_encoder"] == "<storage>/pretrain_tiny/encoder.pth", name
+    assert by["student_tiny"]["frozen_encoder"] is None and by["metric"]["pretrained_encoder"] is None
+    assert {s.name: s.needs for s in plan.stages}["teacher"][-1] == "pretrain_tiny"
+    off = build_plan(PipelineConfig(**{**PRESETS["demo"], "pretrain_steps": 0}, storage=str(tmp_path / "off")))
+    assert "pretrain_tiny" not in [s.name for s in off.stages]
+    assert {s.name: s.settings for s in off.stages}["teacher"]["pretrained_encoder"] is None
     assert by["student_tiny"]["data"] == ["<storage>/pseudo_labels/labels"]
     assert by["student_tiny"]["val_data"] == "<storage>/heldout/photo/shards"
     assert by["metric"]["init_from"] == "<storage>/student_tiny/model.pth" and by["metric"]["max_depth"] == 20.0
@@ -214,6 +226,7 @@ def test_presets_build_every_stage_from_the_training_presets(tmp_path):
     g = {s.name: s.settings for s in gpu.stages}
     assert "bucket" not in g and g["pseudo_labels"]["input"] == "s3://b/photos"
     assert g["metric_data"]["count"] == 20_000 and g["metric"]["data"] == ["<storage>/metric_data/shards"]
+    assert "pretrain_vitl" not in g and "pretrain_vits" not in g  # DINOv2 given or no --pretrain-steps
     assert g["teacher"]["encoder"] == "vitl" and g["teacher"]["pretrained_encoder"] == "s3://w/l.pth"
     assert g["teacher"]["steps"] == 10 and g["teacher"]["lr"] == TRAIN_PRESETS["teacher_vitl"]["lr"]
     assert g["student_vits"]["pretrained_encoder"] == "s3://w/s.pth" and g["student_vitb"]["pretrained_encoder"] is None
@@ -588,9 +601,10 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_a
         assert "| layout prior |" in md and "| layout prior (m) |" in md
         stages = {n: s["status"] for n, s in report["stages"].items()}
         assert list(stages) == STAGE_NAMES
-        assert all(stages[n] == "skipped" for n in STAGE_NAMES[:6]), stages
+        upto = STAGE_NAMES.index("teacher") + 1
+        assert all(stages[n] == "skipped" for n in STAGE_NAMES[:upto]), stages
         assert stages["pseudo_labels"] in ("ran", "resumed") and stages["student_tiny"] == "ran"
-        assert all(stages[n] == "ran" for n in STAGE_NAMES[8:]), stages
+        assert all(stages[n] == "ran" for n in STAGE_NAMES[STAGE_NAMES.index("metric"):]), stages
         assert s3.head_object(Bucket=bucket, Key="pipeline/teacher/model.pth")["ETag"] == teacher_model
         assert s3_server.secret_access_key not in json.dumps(report)
         labels = read_json("pseudo_labels/summary.json")

@@ -27,7 +27,7 @@ import torch
 from depthlib import shards, storage
 from depthlib.evaluation.protocol import Protocol, score, valid_pixels
 from depthlib.inference import predict_images
-from depthlib.models import build_model, load_released, released_bytes
+from depthlib.models import build_model, load_released, load_state_dict_file, released_bytes
 from depthlib.training.config import PRESETS, TrainConfig
 from depthlib.training.data import ERRORS_DIR, load_validation_rows
 from depthlib.training.job import RUN_NAME, TrainingInputError, run_training
@@ -250,6 +250,42 @@ def test_student_on_pseudo_labels_gets_close_to_its_teacher(data, teacher, pseud
     assert student["abs_rel"] < 1.25 * teacher_score["abs_rel"]
     assert student["abs_rel"] < 0.8 * untrained["abs_rel"]
     assert all("feat" not in r for r in _rows(output))  # random start: no frozen encoder to align to
+
+
+@pytest.mark.slow
+def test_pretrain_stage_gives_the_encoder_teacher_and_student_start_from(data, pseudo_labels, tmp_path):
+    """``--stage pretrain`` on the images of two kinds of shards (synthetic
+    depth and pseudo labels; labels unread), then a student that starts from
+    its ``encoder.pth`` and aligns its features to it (the frozen encoder by default)."""
+    from depthlib.models.masked_image import MaskedImageModel
+
+    pre = str(tmp_path / "pretrain")
+    summary = run_training(_config(stage="pretrain", data=[data["synthetic"], pseudo_labels], val_data=data["photo_val"],
+                                   val_limit=8, output=pre, steps=30, val_every=30, checkpoint_every=30,
+                                   log_every=10), start_retries=0)
+    rows = _rows(pre)
+    train = [r for r in rows if "mim" in r]
+    val = [r for r in rows if "val_mim" in r]
+    assert [r["step"] for r in val] == [0, 30] and all(r["val_images"] == 8 for r in val)
+    assert train[-1]["mim"] < 0.9 * train[0]["mim"]
+    assert val[-1]["val_mim"] < val[0]["val_mim"]
+    assert val[-1]["val_feature_spread"] > 0.0 and all("val_abs_rel" not in r for r in rows)
+    assert summary["learning"]["basis"] == "loss" and summary["learning"]["learned"]
+    assert storage.exists(storage.join(pre, "samples", "step-00000030.png"))
+    assert storage.exists(storage.join(pre, "curves.png"))
+    encoder = storage.join(pre, "encoder.pth")
+    state = torch.load(encoder, weights_only=True)
+    assert "mask_token" in state and not any(k.startswith(("pretrained.", "pixel_head")) for k in state)
+    whole = MaskedImageModel("tiny")
+    whole.load_state_dict(load_state_dict_file(storage.join(pre, "model.pth")), strict=True)
+    assert torch.equal(whole.pretrained.state_dict()["blocks.3.mlp.fc2.weight"], state["blocks.3.mlp.fc2.weight"])
+
+    student = str(tmp_path / "student")
+    run_training(_config(stage="student", data=[pseudo_labels], output=student, steps=10, log_every=5,
+                         pretrained_encoder=encoder), start_retries=0)
+    rows = [r for r in _rows(student) if "loss" in r]
+    assert rows and all(r["feat"] > 0 for r in rows)  # the alignment term is on and logged
+    assert json.loads(storage.read_bytes(storage.join(student, "config.json")))["pretrained_encoder"] == encoder
 
 
 @pytest.mark.slow

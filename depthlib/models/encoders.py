@@ -79,23 +79,34 @@ class DinoV2Encoder(nn.Module):
         # (training memory for ViT-L/G); timm's ``set_grad_checkpointing``.
         self.grad_checkpointing = False
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with the class token prepended and position embeddings added: ``B x (1+N) x C``."""
+    def tokens(self, x: torch.Tensor, masks: torch.Tensor | None = None,
+               mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens with the class token prepended and position embeddings added: ``B x (1+N) x C``.
+
+        ``masks``: ``B x N`` bool, True where a patch is hidden: its embedding is
+        replaced by ``mask_token`` (``1 x C``; default the ``mask_token`` buffer)
+        before the position embedding is added, as DINOv2's
+        ``prepare_tokens_with_masks`` (masked-image pretraining)."""
         b, _, h, w = x.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {self.patch_size}")
         gh, gw = h // self.patch_size, w // self.patch_size
         t = self.patch_embed(x).reshape(b, gh * gw, self.embed_dim)  # timm returns NHWC here
+        if masks is not None:
+            token = self.mask_token if mask_token is None else mask_token
+            t = torch.where(masks[..., None], token.to(t.dtype)[None], t)
         t = torch.cat([self.cls_token.expand(b, -1, -1), t], dim=1)
         return t + interpolate_pos_embed(self.pos_embed, gh, gw)
 
-    def intermediate_layers(self, x: torch.Tensor, layers: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def intermediate_layers(self, x: torch.Tensor, layers: tuple[int, ...], masks: torch.Tensor | None = None,
+                            mask_token: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Outputs of the given blocks after the final LayerNorm.
 
         Returns one ``(patch_tokens B x N x C, class_token B x C)`` per layer,
         in the order of ``layers``; N = (H/14)*(W/14) in row-major order.
+        ``masks``, ``mask_token``: hidden patches (see :meth:`tokens`).
         """
-        t = self.tokens(x)
+        t = self.tokens(x, masks, mask_token)
         wanted = set(layers)
         found: dict[int, torch.Tensor] = {}
         last = max(layers)

@@ -34,7 +34,7 @@ from typing import Literal, Optional
 
 from depthlib.models.specs import MODEL_SPECS
 
-STAGE_KINDS = ("teacher", "student", "metric")  # the training stages a --train-set may address
+STAGE_KINDS = ("pretrain", "teacher", "student", "metric")  # the training stages a --train-set may address
 
 
 def _size(value: str, flag: str) -> str:
@@ -83,6 +83,16 @@ class PipelineConfig:
     scenes_per_task: int = field(default=64, metadata={"help": "scenes per rendering task (unit of resume)"})
 
     # Training stages: recipes by name from depthlib.training.config.PRESETS.
+    pretrain_steps: int = field(default=0, metadata={
+        "help": "steps of the self-supervised pretraining stage (masked-image modelling, train.py --stage "
+                "pretrain), run first for every encoder that --pretrained does not give; teacher and students "
+                "of that encoder start from it and students align their features to it. 0: no such stage"})
+    pretrain_preset: Optional[str] = field(default=None, metadata={
+        "help": "training preset of the pretraining stage (default: the teacher's)"})
+    pretrain_workers: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) of the pretraining stage"})
+    pretrain_data: list[str] = field(default_factory=list, metadata={
+        "help": "shards whose images the pretraining stage reads (labels unread), each optionally URI:WEIGHT; "
+                "default: the teacher's training shards"})
     teacher_preset: str = field(default="teacher_vitl", metadata={"help": "training preset of the teacher"})
     teacher_steps: Optional[int] = field(default=None, metadata={"help": "teacher steps (default: the preset's)"})
     teacher_workers: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) of the teacher"})
@@ -136,7 +146,10 @@ class PipelineConfig:
             raise ValueError("--storage is required")
         for name in ("synthetic_size", "heldout_size", "heldout_photo_size", "bucket_size", "metric_size"):
             setattr(self, name, _size(getattr(self, name), name.replace("_", "-")))
+        if self.pretrain_steps < 0:
+            raise ValueError(f"--pretrain-steps must be >= 0, got {self.pretrain_steps}")
         for name in ("heldout_count", "pairs_per_image", "scenes_per_task", "teacher_workers", "student_workers",
+                     "pretrain_workers",
                      "metric_workers", "label_actors", "label_batch_size", "label_partition_size", "eval_actors",
                      "eval_batch_size"):
             if getattr(self, name) < 1:
@@ -241,10 +254,10 @@ _GPU = dict(synthetic_size="518x518", heldout_count=500, heldout_size="518x518",
 PRESETS: dict[str, dict] = {
     # `make demo`: the paper in miniature on this machine (about 10 minutes on 2 cores).
     "demo": dict(_TINY, synthetic_count=384, heldout_count=64, pairs_per_image=16, bucket_count=384, metric_count=384,
-                 teacher_steps=400, student_steps=400, metric_steps=200),
+                 pretrain_steps=400, teacher_steps=400, student_steps=400, metric_steps=200),
     # Tests and a first check of a cluster: every stage, a few steps, a few dozen images.
     "smoke": dict(_TINY, synthetic_count=64, heldout_count=12, pairs_per_image=8, bucket_count=32, metric_count=32,
-                  scenes_per_task=16, teacher_steps=20, student_steps=20, metric_steps=10),
+                  scenes_per_task=16, pretrain_steps=10, teacher_steps=20, student_steps=20, metric_steps=10),
     # ViT-S and ViT-B students from a ViT-L teacher at 518 on a bucket of real images (--unlabeled).
     "gpu_vitl": dict(_GPU, synthetic_count=100_000, teacher_preset="teacher_vitl", teacher_workers=8,
                      student_presets=["student_vits", "student_vitb"], student_workers=8,

@@ -55,7 +55,7 @@ def check_inputs(config: PipelineConfig, to_run: set[str]) -> None:
                 found = False
             if not found:
                 raise ValueError(f"--{flag} {storage.redact(uri)} holds no .parquet shards")
-    training = {n for n in to_run if n in ("teacher", "metric") or n.startswith("student_")}
+    training = {n for n in to_run if n in ("teacher", "metric") or n.startswith(("student_", "pretrain_"))}
     for enc, uri in config.pretrained_by_encoder().items():
         if training and not storage.exists(resolve_weights_uri(uri)):
             raise ValueError(f"--pretrained {enc}={storage.redact(uri)} does not exist")

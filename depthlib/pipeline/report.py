@@ -105,9 +105,11 @@ def pictures(plan: Plan) -> dict[str, str]:
     at = lambda *p: storage.join(plan.root, *p)  # noqa: E731
     out = {"pseudo_labels": at("pseudo_labels", "samples") + "/"}
     for s in plan.stages:
-        if s.name in ("teacher", "metric") or s.name.startswith("student_"):
+        if s.name in ("teacher", "metric") or s.name.startswith(("student_", "pretrain_")):
             out[f"{s.name} curves"] = at(s.name, "curves.png")
             out[f"{s.name} validation samples"] = at(s.name, "samples") + "/"
+            if s.name.startswith("pretrain_"):
+                out[f"{s.name} encoder"] = at(s.name, "encoder.pth")
     for m in plan.models:
         out[f"{m.name} evaluation"] = at("evaluate", m.name, "report.md")
         out[f"{m.name} photo-style samples"] = at("evaluate", m.name, "shards.photo", "samples.png")

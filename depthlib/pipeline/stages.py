@@ -18,6 +18,11 @@ heldout                  held-out scenes (synthetic, photo and       heldout/syn
                                                                      heldout/da2k/
 bucket                   photo-style JPEGs: the unlabeled bucket     bucket/images/
 untrained                a randomly initialised model (baseline)     untrained/model.pth
+pretrain_<encoder>       self-supervised encoder (masked-image       pretrain_<encoder>/encoder.pth
+                         modelling) on the teacher's training
+                         images, labels unread; with
+                         --pretrain-steps, for each encoder that
+                         --pretrained does not give
 teacher                  teacher on the synthetic shards             teacher/model.pth, ...
 pseudo_labels            the bucket labelled by the teacher          pseudo_labels/labels/
 student_<encoder>        a student on the pseudo labels only         student_<encoder>/model.pth
@@ -103,9 +108,11 @@ class Plan:
     base_student: str  # the stage of the student the metric model is fine-tuned from
 
 
-def _train_config(cfg: PipelineConfig, kind: str, preset: str, stage_name: str | None, root: str, **fields):
-    """``PRESETS[preset]`` + the stage's fields + ``--pretrained`` + ``--train-set``; returns
-    (stage name, TrainConfig). A student's stage name is ``student_<encoder>``; its output is that directory."""
+def _train_config(cfg: PipelineConfig, kind: str, preset: str, stage_name: str | None, root: str,
+                  pretrained: dict[str, str] | None = None, **fields):
+    """``PRESETS[preset]`` + the stage's fields + the encoder's pretrained weights + ``--train-set``;
+    returns (stage name, TrainConfig). A student's stage name is ``student_<encoder>``; its output is
+    that directory. ``pretrained``: encoder -> weights URI (default ``--pretrained``)."""
     from depthlib.training.config import PRESETS as TRAIN_PRESETS, TrainConfig
 
     if preset not in TRAIN_PRESETS:
@@ -113,7 +120,7 @@ def _train_config(cfg: PipelineConfig, kind: str, preset: str, stage_name: str |
                          f"choose from {', '.join(TRAIN_PRESETS)}")
     values = dict(TRAIN_PRESETS[preset])
     recipe = values.pop("stage", kind)
-    if recipe != kind:
+    if recipe != kind and kind != "pretrain":  # pretraining takes any recipe's size, crop and schedule
         raise ValueError(f"--{kind}-preset {preset!r} is a {recipe} recipe, not a {kind} one")
     overrides = cfg.train_overrides()
     values.update(overrides.get(kind, {}))
@@ -127,8 +134,8 @@ def _train_config(cfg: PipelineConfig, kind: str, preset: str, stage_name: str |
         if asked != encoder:
             raise ValueError(f"--train-set {stage}.encoder={asked}: the {name} stage's encoder is {encoder}")
     values.update(fields, stage=kind, encoder=encoder, preset=preset, output=storage.join(root, name))
-    pretrained = cfg.pretrained_by_encoder()
-    if kind != "metric" and encoder in pretrained and not values.get("pretrained_encoder"):
+    pretrained = cfg.pretrained_by_encoder() if pretrained is None else pretrained
+    if kind in ("teacher", "student") and encoder in pretrained and not values.get("pretrained_encoder"):
         values["pretrained_encoder"] = pretrained[encoder]
     return name, TrainConfig(**values)
 
@@ -190,8 +197,26 @@ def build_plan(cfg: PipelineConfig) -> Plan:
                           format="images")
         bucket_needs = ("bucket",)
 
-    # ---- teacher, labels, students, metric
-    _, teacher = _train_config(cfg, "teacher", cfg.teacher_preset, "teacher", root, data=train_data,
+    # ---- pretraining, teacher, labels, students, metric
+    pretrained = cfg.pretrained_by_encoder()
+    pretrains: list[tuple[str, object]] = []
+    if cfg.pretrain_steps:
+        from depthlib.training.config import PRESETS as TRAIN_PRESETS, TrainConfig
+
+        default_encoder = TrainConfig.__dataclass_fields__["encoder"].default
+        encoders = [TRAIN_PRESETS.get(p, {}).get("encoder", default_encoder)
+                    for p in [cfg.teacher_preset, *cfg.student_presets]]
+        for encoder in dict.fromkeys(encoders):
+            if encoder in pretrained:
+                continue
+            name, tc = _train_config(cfg, "pretrain", cfg.pretrain_preset or cfg.teacher_preset, f"pretrain_{encoder}",
+                                     root, encoder=encoder, data=list(cfg.pretrain_data or train_data),
+                                     val_data=heldout["photo"], workers=cfg.pretrain_workers,
+                                     steps=cfg.pretrain_steps)
+            pretrains.append((name, tc))
+            pretrained[encoder] = storage.join(tc.output, "encoder.pth")
+    pretrain_of = {tc.encoder: name for name, tc in pretrains}
+    _, teacher = _train_config(cfg, "teacher", cfg.teacher_preset, "teacher", root, pretrained, data=train_data,
                                val_data=heldout["synthetic"], workers=cfg.teacher_workers,
                                **({"steps": cfg.teacher_steps} if cfg.teacher_steps else {}))
     input_size = cfg.input_size or teacher.crop
@@ -200,7 +225,8 @@ def build_plan(cfg: PipelineConfig) -> Plan:
     students: list[tuple[str, object]] = []
     labels = at("pseudo_labels", "labels")
     for preset in cfg.student_presets:
-        name, student = _train_config(cfg, "student", preset, None, root, data=[labels], val_data=heldout["photo"],
+        name, student = _train_config(cfg, "student", preset, None, root, pretrained, data=[labels],
+                                      val_data=heldout["photo"],
                                       workers=cfg.student_workers,
                                       **({"steps": cfg.student_steps} if cfg.student_steps else {}))
         if any(name == n for n, _ in students):
@@ -227,7 +253,10 @@ def build_plan(cfg: PipelineConfig) -> Plan:
     stages.append(Stage("untrained", {"encoder": base.encoder, "seed": cfg.seed},
                         _untrained(base.encoder, cfg.seed, at("untrained", "model.pth")), ("model.pth",),
                         describe=f"a randomly initialised {base.encoder} (the baseline)"))
-    stages.append(_train_stage("teacher", teacher, root, synthetic_needs + ("heldout",)))
+    for name, tc in pretrains:
+        stages.append(_train_stage(name, tc, root, (() if cfg.pretrain_data else synthetic_needs) + ("heldout",)))
+    own_pretrain = lambda encoder: (pretrain_of[encoder],) if encoder in pretrain_of else ()  # noqa: E731
+    stages.append(_train_stage("teacher", teacher, root, synthetic_needs + ("heldout",) + own_pretrain(teacher.encoder)))
     label = PseudoLabelConfig(input=bucket, output=at("pseudo_labels"), checkpoint=storage.join(teacher.output,
                               "model.pth"), encoder=teacher.encoder, input_size=input_size,
                               batch_size=cfg.label_batch_size, min_actors=cfg.label_actors,
@@ -237,7 +266,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
                         ("summary.json",), ("teacher",) + bucket_needs,
                         describe=f"the bucket labelled by the teacher at {input_size} px"))
     for name, student in students:
-        stages.append(_train_stage(name, student, root, ("pseudo_labels", "heldout")))
+        stages.append(_train_stage(name, student, root, ("pseudo_labels", "heldout") + own_pretrain(student.encoder)))
     stages.append(_train_stage("metric", metric, root, (base_name, "heldout") + metric_needs))
 
     # ---- evaluation of every model on the held-out sets (+ benchmarks)
@@ -282,7 +311,8 @@ def _train_stage(name: str, tc, root: str, needs: tuple[str, ...]) -> Stage:
         return {k: summary.get(k) for k in ("finished_step", "final", "best_val_abs_rel", "wall_s",
                                             "data_rows_skipped", "learning")}
 
-    what = {"teacher": "teacher on synthetic depth", "metric": "metric fine-tune"}.get(name, "student on pseudo labels")
+    what = {"teacher": "teacher on synthetic depth", "metric": "metric fine-tune"}.get(
+        name, "self-supervised encoder" if name.startswith("pretrain_") else "student on pseudo labels")
     return Stage(name, _settings(tc, TRAIN_OPERATIONAL, root), run, ("model.pth", "run_state.json"), needs,
                  describe=f"{what}: {tc.encoder}, {tc.steps} steps, {tc.workers} workers")
 

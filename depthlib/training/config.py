@@ -20,17 +20,19 @@ from typing import Literal, Optional
 
 from depthlib.models.specs import MODEL_SPECS, PATCH_SIZE
 
-STAGES = ("teacher", "student", "metric")
+STAGES = ("pretrain", "teacher", "student", "metric")
 
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Train a Depth Anything V2 teacher, student or metric model with Ray Train."""
+    """Pretrain an encoder, or train a Depth Anything V2 teacher, student or metric model, with Ray Train."""
 
     # What to train, on what, where to write.
-    stage: Literal["teacher", "student", "metric"] = field(metadata={
-        "help": "teacher: synthetic depth -> disparity (ssi+gm); student: pseudo-label shards "
-                "(trimmed ssi+gm, feature alignment); metric: metric depth (SiLog)"})
+    stage: Literal["pretrain", "teacher", "student", "metric"] = field(metadata={
+        "help": "pretrain: self-supervised encoder on the images of any shards, labels unread (masked-image "
+                "modelling; writes encoder.pth for --pretrained-encoder); teacher: synthetic depth -> disparity "
+                "(ssi+gm); student: pseudo-label shards (trimmed ssi+gm, feature alignment); metric: metric "
+                "depth (SiLog)"})
     data: list[str] = field(metadata={
         "help": "training shards: a prefix (all .parquet under it) or a file, optionally URI:WEIGHT; "
                 "repeatable. Weights (all sources or none) set each source's share of the rows sampled; "
@@ -80,6 +82,8 @@ class TrainConfig:
         "help": "share of largest per-pixel ssi losses ignored per image; default 0.1 for students, else 0"})
     feature_weight: float = field(default=1.0, metadata={"help": "weight of the feature-alignment loss (student)"})
     feature_margin: float = field(default=0.85, metadata={"help": "cosine similarity above which a token adds no loss"})
+    mask_ratio: float = field(default=0.6, metadata={
+        "help": "pretrain: share of each image's patches hidden from the encoder, whose pixels it predicts"})
     min_depth: float = field(default=1e-3, metadata={"help": "metric stage: smallest valid depth, m"})
     max_depth: float = field(default=20.0, metadata={"help": "metric stage: depth of a sigmoid output of 1, m "
                                                               "(Hypersim 20, Virtual KITTI 80)"})
@@ -165,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"need 0 < --min-depth < --max-depth, got {self.min_depth}, {self.max_depth}")
         if not 0 <= self.val_min_depth < self.val_max_depth:
             raise ValueError("need 0 <= --val-min-depth < --val-max-depth")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
         if not 0 <= self.learn_margin < 1:
             raise ValueError(f"--learn-margin must be in [0, 1), got {self.learn_margin}")
         if self.warmup_steps < 0 or self.lr <= 0 or self.head_lr_multiplier <= 0:
@@ -227,6 +233,9 @@ def config_differences(saved: dict, config: TrainConfig) -> list[str]:
     """Settings of ``config`` that differ from a run's saved ``config.json`` and
     may not change on resume (``RESUMABLE_CHANGES`` may)."""
     now = config.to_dict()
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    # a setting added after the run was made, now at its default, is what the run used
+    saved = {**{k: defaults[k] for k in now if k not in saved and k in defaults}, **saved}
     return sorted(f"{k}: run has {saved.get(k)!r}, now {now.get(k)!r}"
                   for k in set(saved) | set(now)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))

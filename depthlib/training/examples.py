@@ -13,7 +13,9 @@ seed it per group, so augmentation is reproducible). An example is
   or IRS's stereo disparity ``f * B / depth``) is used as it is, since the
   relative loss is affine-invariant; only ``metric_depth`` rows can feed the
   metric stage (anything else is refused, never taken for metres);
-* ``mask``: ``C x C`` bool, True where the target counts;
+* ``mask``: ``C x C`` bool, True where the target counts (target ``"none"``,
+  the pretraining stage's: the label is not read, the target is 0 and the
+  mask True everywhere, so a decoded image is told from a placeholder);
 * ``region``: ``C x C`` uint8, 1 inside a CutMix box (the loss aligns each
   region to its own label, since two pseudo labels have different scales).
 
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TargetKind = Literal["inverse_depth", "disparity", "metric_depth"]
+TargetKind = Literal["inverse_depth", "disparity", "metric_depth", "none"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def target_and_mask(label: np.ndarray, valid: np.ndarray, spec: ExampleSpec,
     converted as :func:`check_depth_type` says (``ValueError`` if the stage
     cannot use it). ``None`` keeps the stage's own assumption (depth for the
     teacher and metric stages, disparity for the student)."""
+    if spec.target == "none":  # pretraining: images only, any label kind, never read
+        return np.zeros(label.shape, np.float32), np.ones(label.shape, bool)
     finite = np.isfinite(label)
     if depth_type is not None:
         how = check_depth_type(depth_type, spec.target)

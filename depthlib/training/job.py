@@ -170,6 +170,13 @@ def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:  # noqa: F821 -
                          resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})})
 
 
+def _score_attribute(cfg: TrainConfig) -> str | None:
+    """The validation metric (lower is better) that ranks checkpoints, or None without ``--val-data``."""
+    if not cfg.val_data:
+        return None
+    return "val_abs_rel" if STAGES[cfg.stage].predicts_depth else "val_mim"
+
+
 def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     """Train (or resume, or report a finished run). Returns the run summary.
 
@@ -233,7 +240,7 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
             name=RUN_NAME, storage_path=path, storage_filesystem=fs if storage.is_s3(out) else None,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute="val_abs_rel" if cfg.val_data else None,
+                checkpoint_score_attribute=_score_attribute(cfg),
                 checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=start_retries)),
         # --deterministic: each worker builds its own ordered stream (loop.Trainer._own_stream)
@@ -248,8 +255,9 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
         "data_rows_skipped": data_mod.count_data_errors(storage.join(out, data_mod.ERRORS_DIR)),
         "wall_s": round(time.time() - t0, 1)})
     if summary.get("finished_step"):
-        best = min(result.best_checkpoints, key=lambda c: c[1].get("val_abs_rel", float("inf")),
-                   default=None) if cfg.val_data else None
+        score = _score_attribute(cfg)
+        best = min(result.best_checkpoints, key=lambda c: c[1].get(score, float("inf")),
+                   default=None) if score else None
         summary["best_checkpoint"] = storage.redact(best[0].path) if best else None
         write_run_state(out, summary)
     log(f"[train] done in {summary['wall_s']}s: {json.dumps(summary.get('final', {}), sort_keys=True)}")

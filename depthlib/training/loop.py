@@ -1,4 +1,4 @@
-"""The one training loop (Ray Train worker function) for the teacher, student and metric stages.
+"""The one training loop (Ray Train worker function) for the pretraining, teacher, student and metric stages.
 
 ``train_worker(loop_config)`` runs in every Ray Train worker. It builds the
 model and the stage's objective, restores the latest checkpoint if there is
@@ -13,7 +13,8 @@ one (``ray.train.get_checkpoint()``), then steps until ``--steps``:
         each of these is one ray.train.report (a barrier every rank calls alike)
 
 Rank 0 writes metrics.jsonl, gauges, trackers, curves.png, samples/ and, at
-the end, model.pth. What differs between stages is chosen in
+the end, model.pth (and, for pretraining, encoder.pth: the encoder alone in
+DINOv2's layout). What differs between stages is chosen in
 ``depthlib.training.objectives``; nothing here branches on the stage except
 through that table.
 """
@@ -35,12 +36,12 @@ import torch.distributed as dist
 from depthlib import storage
 from depthlib.evaluation.protocol import Protocol, score, valid_pixels
 from depthlib.inference import autocast_for, predict_images
-from depthlib.models import build_model
 from depthlib.models.specs import get_spec
 from depthlib.training import records
 from depthlib.training.config import TrainConfig
 from depthlib.training.data import load_validation_rows
-from depthlib.training.objectives import STAGES, MetricObjective, RelativeObjective
+from depthlib.training.objectives import (STAGES, MaskedImageObjective, MetricObjective, RelativeObjective,
+                                          build_stage_model)
 from depthlib.training.optim import make_optimizer, make_scheduler
 from depthlib.training.parallel import compile_model, is_distributed, optimizer_step, wrap_for_workers
 from depthlib.training.plan import ConsumptionLedger, GroupPlan
@@ -51,6 +52,7 @@ from depthlib.training.weights import frozen_encoder, initialise, start_metric_h
 from depthlib.transforms import normalize
 
 FINAL_MODEL = "model.pth"
+FINAL_ENCODER = "encoder.pth"  # pretraining: the encoder alone, as dinov2_vit*14_pretrain.pth
 FAILURE_MARKER = "_injected_failure"  # --fail-at-step: fail once, then resume
 
 # Ray Train turns print() in workers into log records AND echoes them; a logger prints once.
@@ -129,8 +131,8 @@ class Trainer:
             # upsampling; torch warns there instead of stopping the run.
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        model = build_model(cfg.encoder, metric=self.stage.metric, max_depth=cfg.max_depth)
-        source = initialise(model, cfg.init_from, cfg.pretrained_encoder, encoder_only=self.stage.metric)
+        model = build_stage_model(self.stage, cfg.encoder, cfg.max_depth)
+        source = initialise(model, cfg.init_from, cfg.pretrained_encoder, encoder_only=self.stage.encoder_only_init)
         if self.stage.metric and cfg.head_start_depth:
             start_metric_head_at(model, cfg.head_start_depth)
         self.objective = self._objective(source)
@@ -181,6 +183,8 @@ class Trainer:
 
     def _objective(self, weights_source: str | None):
         cfg = self.cfg
+        if not self.stage.predicts_depth:
+            return MaskedImageObjective(cfg.mask_ratio)
         if self.stage.metric:
             return MetricObjective()
         frozen = None
@@ -263,7 +267,7 @@ class Trainer:
             self._finish()
             ray.train.report({"step": self.state.step, "finished": 1})
             return
-        if self.val_per_rank and not any(r.get("step") == 0 and "val_abs_rel" in r for r in self.state.history):
+        if self.val_per_rank and not any(r.get("step") == 0 and "val_images" in r for r in self.state.history):
             # The starting point the learning verdict compares with (and a "before" picture).
             row = {"step": 0, "time": time.time(), **self.validate(0)}
             if "val_abs_rel" in row:
@@ -338,7 +342,10 @@ class Trainer:
     @torch.compiler.set_stance("force_eager")  # --compile: held-out images of other sizes would recompile
     def validate(self, step: int) -> dict:
         """Validation metrics (mean over all held-out images, all workers) with the
-        evaluation protocol; rank 0 also draws ``samples/step-<step>.png``."""
+        evaluation protocol; rank 0 also draws ``samples/step-<step>.png``.
+        Pretraining: :meth:`_validate_features` instead."""
+        if not self.stage.predicts_depth:
+            return self._validate_features(step)
         self.raw_model.eval()
         names = ("abs_rel", "d1", "d2", "d3", "rmse", "silog")
         sums, count = [0.0] * len(names), 0
@@ -370,6 +377,50 @@ class Trainer:
         if n == 0:
             return {}
         return {f"val_{k}": s / n for k, s in zip(names, totals)} | {"val_images": int(n)}
+
+    def _validate_features(self, step: int) -> dict:
+        """Pretraining's validation on the held-out images (as the depth stages
+        preprocess them, shorter side ``--crop``): the masked-patch loss with
+        masks fixed by image index (the same every validation, so values
+        compare across steps), and ``val_feature_spread`` of the unmasked
+        features over all held-out images (0 = collapsed). Rank 0 draws
+        ``samples/step-<step>.png``: each image beside the PCA colours of its
+        patch features (:func:`depthlib.visualize.features_grid`)."""
+        from depthlib.losses import feature_spread, masked_patch_loss, random_patch_masks
+        from depthlib.models.specs import PATCH_SIZE
+        from depthlib.transforms import preprocess
+
+        model = self.model if self.cfg.fsdp else self.raw_model
+        self.raw_model.eval()
+        loss_sum, count, pooled, pictures = 0.0, 0, [], []
+        for i in range(self.val_per_rank):
+            index = i * self.world + self.rank
+            padding = index >= len(self.val_rows)  # every rank runs the same passes (FSDP)
+            image, _, _ = self.val_rows[0 if padding else index].decode()
+            x = preprocess(image, self.cfg.crop)[None].to(self.device)
+            gh, gw = x.shape[-2] // PATCH_SIZE, x.shape[-1] // PATCH_SIZE
+            masks = random_patch_masks(1, gh * gw, self.cfg.mask_ratio,
+                                       generator=torch.Generator().manual_seed(index)).to(self.device)
+            pixels, _ = model(x, masks)
+            tokens = model.features(x)
+            if padding:
+                continue
+            loss_sum += float(masked_patch_loss(pixels, x, masks, PATCH_SIZE))
+            count += 1
+            pooled.append(tokens.float().mean(1).cpu())
+            if self.rank == 0 and len(pictures) < self.cfg.samples:
+                pictures.append((image, tokens[0].float().reshape(gh, gw, -1).cpu().numpy()))
+        totals = _all_reduce_sum([loss_sum, float(count)], self.device)
+        gathered = [p for part in _all_gather(pooled) for p in part]
+        if self.rank == 0 and pictures:
+            from depthlib.visualize import features_grid, to_png
+
+            grid = features_grid([p[0] for p in pictures], [p[1] for p in pictures])
+            storage.write_bytes(storage.join(self.cfg.output, "samples", f"step-{step:08d}.png"), to_png(grid))
+        if totals[1] == 0:
+            return {}
+        spread = float(feature_spread(torch.cat(gathered)[:, None])) if len(gathered) > 1 else float("nan")
+        return {"val_mim": totals[0] / totals[1], "val_feature_spread": spread, "val_images": int(totals[1])}
 
     # ------------------------------------------------------------------ reports and checkpoints
 
@@ -436,7 +487,8 @@ class Trainer:
         raise RuntimeError(f"--fail-at-step {self.state.step}: injected worker failure")
 
     def _print(self, row: dict) -> None:
-        terms = " ".join(f"{k} {row[k]:.4f}" for k in ("loss", "ssi", "gm", "feat", "silog") if k in row)
+        terms = " ".join(f"{k} {row[k]:.4f}" for k in ("loss", "ssi", "gm", "feat", "silog", "mim", "feature_spread")
+                         if k in row)
         line = f"[train] step {row['step']}/{self.cfg.steps} {terms}"
         if "lr" in row:  # not in the step-0 row (validation only)
             line += f" lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s epoch {row['epoch']:.2f}"
@@ -444,6 +496,9 @@ class Trainer:
             line += f" | val AbsRel {row['val_abs_rel']:.4f} d1 {row['val_d1']:.4f} ({row['val_images']} images)"
             if "val_layout_prior_abs_rel" in row:
                 line += f"; its image-blind layout prior {row['val_layout_prior_abs_rel']:.4f}"
+        if "val_mim" in row:
+            line += (f" | held-out masked loss {row['val_mim']:.4f}, feature spread "
+                     f"{row['val_feature_spread']:.4f} ({row['val_images']} images)")
         if row.get("data_skipped"):
             line += f" | {row['data_skipped']} bad rows skipped"
         log.info(line)
@@ -453,13 +508,21 @@ class Trainer:
         storage.write_bytes(storage.join(self.cfg.output, records.CURVES_FILE), png)
 
     def _finish(self) -> None:
-        """``model.pth`` (released format) and the run state, by rank 0."""
+        """``model.pth`` (released format; pretraining: also ``encoder.pth``) and the run state, by rank 0."""
         from depthlib.models import released_bytes
 
         model_state, _ = self._full_states(optimizer=False)
         if self.rank != 0:
             return
         storage.write_bytes(storage.join(self.cfg.output, FINAL_MODEL), released_bytes(model_state, self.cfg.encoder))
+        if not self.stage.predicts_depth:
+            import io
+
+            from depthlib.models.masked_image import encoder_release_state
+
+            buf = io.BytesIO()
+            torch.save(encoder_release_state(model_state, self.cfg.encoder), buf)
+            storage.write_bytes(storage.join(self.cfg.output, FINAL_ENCODER), buf.getvalue())
         write_run_state(self.cfg.output, {"finished_step": self.state.step, "best_val_abs_rel":
                                           self.state.best_val_abs_rel, "data_skipped": self.state.data_skipped,
                                           "final": self.state.history[-1] if self.state.history else {},

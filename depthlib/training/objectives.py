@@ -1,16 +1,19 @@
-"""What differs between the teacher, student and metric stages: target, loss, validation.
+"""What differs between the pretraining, teacher, student and metric stages: model, target, loss, validation.
 
-The training loop is the same for all three (``depthlib.training.loop``); a
+The training loop is the same for all four (``depthlib.training.loop``); a
 :class:`Stage` picks the small pieces:
 
-=========  ==================  ===============================================  ==============
-stage      target (examples)   objective                                         validation
-=========  ==================  ===============================================  ==============
-teacher    1/depth (disparity) ssi + 2 gm                                        zero-shot, AbsRel
-student    pseudo disparity    ssi (largest 10% ignored) + 2 gm, per CutMix       zero-shot, AbsRel
-                               region; + feature alignment to a frozen encoder
-metric     depth, metres       SiLog (lambda 0.5) on (min_depth, max_depth)      metres, AbsRel
-=========  ==================  ===============================================  ==============
+=========  ===================  ===============================================  ==============
+stage      target (examples)    objective                                        validation
+=========  ===================  ===============================================  ==============
+pretrain   none (images only;   masked-image modelling: hide 60% of the patches, held-out masked
+           any shard, labels    predict their normalised pixels (encoder +       loss, feature
+           unread)              linear pixel head, ``MaskedImageModel``)          spread, PCA picture
+teacher    1/depth (disparity)  ssi + 2 gm                                       zero-shot, AbsRel
+student    pseudo disparity     ssi (largest 10% ignored) + 2 gm, per CutMix      zero-shot, AbsRel
+                                region; + feature alignment to a frozen encoder
+metric     depth, metres        SiLog (lambda 0.5) on (min_depth, max_depth)     metres, AbsRel
+=========  ===================  ===============================================  ==============
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from depthlib.losses import median_and_mad, feature_alignment_loss, relative_depth_loss, silog_loss
+from depthlib.losses import (feature_alignment_loss, feature_spread, masked_patch_loss, median_and_mad,
+                             random_patch_masks, relative_depth_loss, silog_loss)
+from depthlib.models.specs import PATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -28,13 +33,33 @@ class Stage:
     name: str
     target: str  # an ``examples.TargetKind``
     metric: bool  # metric head (sigmoid x max_depth) and validation in metres
+    predicts_depth: bool = True  # False: pretraining (an encoder and its pretext head, no depth)
+
+    @property
+    def encoder_only_init(self) -> bool:
+        """``--init-from`` gives the encoder only (metric: a fresh metric head; pretrain: no depth head)."""
+        return self.metric or not self.predicts_depth
 
 
 STAGES = {
+    "pretrain": Stage("pretrain", "none", metric=False, predicts_depth=False),
     "teacher": Stage("teacher", "inverse_depth", metric=False),
     "student": Stage("student", "disparity", metric=False),
     "metric": Stage("metric", "metric_depth", metric=True),
 }
+
+
+def build_stage_model(stage: Stage, encoder: str, max_depth: float) -> torch.nn.Module:
+    """The stage's randomly initialised model: ``DepthAnythingV2`` (relative or
+    metric head) or, for pretraining, ``MaskedImageModel``; both keep the
+    encoder under ``.pretrained``."""
+    if not stage.predicts_depth:
+        from depthlib.models.masked_image import MaskedImageModel
+
+        return MaskedImageModel(encoder)
+    from depthlib.models import build_model
+
+    return build_model(encoder, metric=stage.metric, max_depth=max_depth)
 
 
 def normalise_disparity(target: Tensor, mask: Tensor) -> Tensor:
@@ -133,3 +158,27 @@ class MetricObjective:
         pred = model(images)
         loss = silog_loss(pred, batch["target"], batch["mask"], lambd=self.lambd)
         return {"loss": loss, "silog": loss.detach()}
+
+
+class MaskedImageObjective:
+    """Pretraining: hide ``mask_ratio`` of each image's patches (uniformly at
+    random, from torch's generator, which checkpoints restore) and predict
+    their per-patch normalised pixels (:func:`depthlib.losses.masked_patch_loss`).
+
+    Rows that did not decode (placeholders: ``batch["mask"]`` all False) hide
+    nothing and add nothing. ``feature_spread``: across-image spread of the
+    masked pass's features, the collapse gauge (:func:`depthlib.losses.feature_spread`)."""
+
+    def __init__(self, mask_ratio: float = 0.6):
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask ratio must be in (0, 1), got {mask_ratio}")
+        self.mask_ratio = mask_ratio
+
+    def __call__(self, model, images: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        b, _, h, w = images.shape
+        masks = random_patch_masks(b, (h // PATCH_SIZE) * (w // PATCH_SIZE), self.mask_ratio, device=images.device)
+        usable = batch["mask"].flatten(1).any(1)
+        masks = masks & usable[:, None]
+        pixels, tokens = model(images, masks)
+        loss = masked_patch_loss(pixels, images, masks, PATCH_SIZE)
+        return {"loss": loss, "mim": loss.detach(), "feature_spread": feature_spread(tokens.detach())}

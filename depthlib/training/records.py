@@ -136,8 +136,9 @@ def curves_png(rows: list[dict], title: str) -> bytes:
 
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_abs_rel" in r]
+    val_mim = [r for r in rows if "val_mim" in r]  # the pretraining stage
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    terms = sorted({k for r in train for k in r if k in ("loss", "ssi", "gm", "feat", "silog")})
+    terms = sorted({k for r in train for k in r if k in ("loss", "ssi", "gm", "feat", "silog", "mim")})
     for k in terms:
         pts = [(r["step"], r[k]) for r in train if k in r]
         axes[0].plot(*zip(*pts), label=k)
@@ -150,6 +151,11 @@ def curves_png(rows: list[dict], title: str) -> bytes:
         steps = [r["step"] for r in val]
         axes[2].plot(steps, [r["val_abs_rel"] for r in val], "o-", label="AbsRel")
         axes[2].plot(steps, [r["val_d1"] for r in val], "s-", label="delta1")
+        axes[2].legend()
+    elif val_mim:
+        steps = [r["step"] for r in val_mim]
+        axes[2].plot(steps, [r["val_mim"] for r in val_mim], "o-", label="held-out masked loss")
+        axes[2].plot(steps, [r["val_feature_spread"] for r in val_mim], "s-", label="feature spread")
         axes[2].legend()
     axes[2].set(title="validation", xlabel="step")
     fig.suptitle(title)

@@ -5,7 +5,8 @@
   Ray Train checkpoint directory of this job (its ``model.pt``). The metric
   stage takes the encoder only (the paper fine-tunes a relative model's
   encoder with a fresh metric head).
-* ``--pretrained-encoder``: DINOv2 weights as released by Meta
+* ``--pretrained-encoder``: the ``encoder.pth`` of this job's pretraining stage
+  (``--stage pretrain``; DINOv2's layout, below), or DINOv2 weights as released by Meta
   (``dinov2_vits14_pretrain.pth``: ``cls_token, pos_embed, mask_token,
   patch_embed.*, blocks.*, norm.*``; ViT-G's MLP as ``w12``/``w3``) or timm's
   state dict of ``vit_*_patch14_dinov2`` (no ``mask_token``; ``fc1``/``fc2``).
@@ -79,8 +80,8 @@ def initialise(model: DepthAnythingV2, init_from: str | None, pretrained_encoder
     over it."""
     source = None
     if pretrained_encoder:
-        load_encoder_strict(model.pretrained, load_state_dict_file(pretrained_encoder), model.encoder,
-                            storage.redact(pretrained_encoder))
+        uri = resolve_weights_uri(pretrained_encoder)
+        load_encoder_strict(model.pretrained, load_state_dict_file(uri), model.encoder, storage.redact(uri))
         source = pretrained_encoder
     if init_from:
         uri = resolve_weights_uri(init_from)
