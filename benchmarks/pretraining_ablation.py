@@ -52,6 +52,10 @@ def main() -> None:
     ap.add_argument("--curve", type=int, nargs="*", default=[],
                     help="also train a teacher from the encoder after these pretraining steps (multiples of 100)")
     ap.add_argument("--only", nargs="*", default=[], help="run only these variants (pretrain, teacher_scratch, ...)")
+    ap.add_argument("--set", action="append", default=[],
+                    help="SETTING=VALUE for every teacher and student run (e.g. head_lr_multiplier=3)")
+    ap.add_argument("--encoder-from", help="use the encoder.pth of this ablation output's pretrain runs "
+                                           "(instead of this run's own)")
     args = ap.parse_args()
 
     import ray
@@ -64,12 +68,26 @@ def main() -> None:
     labels = f"{demo}/pseudo_labels/labels"
     base = dict(PRESETS["tiny_cpu"], workers=2, val_every=100, checkpoint_every=100, keep_checkpoints=20,
                 val_data=photo, samples=2)
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        tp = hints[key]
+        extra[key] = value if tp is str else (value.lower() == "true" if tp is bool else float(value)
+                                              if tp is float else int(value) if tp is int else value)
+    assert all(f in {x.name for x in dataclasses.fields(TrainConfig)} for f in extra)
     results: dict[str, list[dict]] = {}
 
     def run(name: str, seed: int, **kw) -> dict:
         output = f"{args.out}/{name}/seed{seed}"
         t0 = time.time()
-        summary = run_training(TrainConfig(**{**base, **kw, "seed": seed, "output": output}), log=lambda *_: None)
+        settings = {**base, **kw, "seed": seed, "output": output}
+        if kw["stage"] != "pretrain":
+            settings.update(extra)
+        summary = run_training(TrainConfig(**settings), log=lambda *_: None)
         entry = {"seed": seed, "output": output, "wall_s": round(time.time() - t0, 1)}
         if kw["stage"] != "pretrain":
             entry.update(_final(output))
@@ -81,9 +99,9 @@ def main() -> None:
 
     wanted = lambda name: not args.only or name in args.only  # noqa: E731
     for seed in args.seeds:
-        pre = f"{args.out}/pretrain/seed{seed}"
+        pre = f"{args.encoder_from or args.out}/pretrain/seed{seed}"
         encoder = f"{pre}/encoder.pth"
-        if wanted("pretrain"):
+        if wanted("pretrain") and not args.encoder_from:
             run("pretrain", seed, stage="pretrain", data=[synthetic], steps=args.pretrain_steps)
         if wanted("teacher_scratch"):
             run("teacher_scratch", seed, stage="teacher", data=[synthetic], steps=args.steps)

@@ -244,7 +244,7 @@ def _parse_value(text: str, tp) -> object:
 
 
 _TINY = dict(teacher_preset="tiny_cpu", student_presets=["tiny_cpu"], metric_preset="tiny_cpu",
-             teacher_workers=2, student_workers=2, metric_workers=2,
+             pretrain_workers=2, teacher_workers=2, student_workers=2, metric_workers=2,
              synthetic_size="126x126", heldout_size="126x126", heldout_photo_size="126x168", bucket_size="126x168",
              metric_size="126x168",
              label_batch_size=8, label_partition_size=32, eval_batch_size=16)
