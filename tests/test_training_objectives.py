@@ -275,3 +275,25 @@ def test_normalised_targets_weigh_every_image_the_same():
     torch.testing.assert_close(per_image, same)  # the 50x image does not weigh 50x
     torch.testing.assert_close(normalise_disparity(torch.ones(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool)),
                                torch.ones(1, 4, 4))  # no spread: unchanged
+
+
+def test_gradient_matching_weight_ramps_in_over_the_first_steps():
+    from depthlib.losses import relative_depth_loss
+    from depthlib.training.objectives import normalise_disparity
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    images = torch.randn(2, 3, 56, 56)
+    target = torch.rand(2, 56, 56) + 0.1
+    mask = torch.ones(2, 56, 56, dtype=torch.bool)
+    batch = {"target": target, "mask": mask, "region": torch.zeros(2, 56, 56, dtype=torch.uint8)}
+    objective = RelativeObjective(gm_ramp_steps=100)
+    with torch.no_grad():
+        pred = model(images)
+    plain = relative_depth_loss(pred, normalise_disparity(target, mask), mask)
+    for step, weight in ((0, 0.0), (50, 1.0), (100, 2.0), (5000, 2.0)):
+        objective.at_step(step)
+        with torch.no_grad():
+            terms = objective(model, images, batch)
+        torch.testing.assert_close(terms["loss"], plain["ssi"] + weight * plain["gm"])
+    assert RelativeObjective().gm_weight == 2.0  # no ramp: the paper's 1:2 from the start

@@ -80,6 +80,9 @@ class TrainConfig:
     # Objective.
     trim: Optional[float] = field(default=None, metadata={
         "help": "share of largest per-pixel ssi losses ignored per image; default 0.1 for students, else 0"})
+    gm_ramp_steps: int = field(default=100, metadata={
+        "help": "relative stages: the gradient-matching weight rises linearly from 0 to 2 over the first K steps "
+                "(0: 2 from the start); a fresh head otherwise starts by fitting inverted disparity"})
     feature_weight: float = field(default=1.0, metadata={"help": "weight of the feature-alignment loss (student)"})
     feature_margin: float = field(default=0.85, metadata={"help": "cosine similarity above which a token adds no loss"})
     mask_ratio: float = field(default=0.6, metadata={
@@ -169,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"need 0 < --min-depth < --max-depth, got {self.min_depth}, {self.max_depth}")
         if not 0 <= self.val_min_depth < self.val_max_depth:
             raise ValueError("need 0 <= --val-min-depth < --val-max-depth")
+        if self.gm_ramp_steps < 0:
+            raise ValueError(f"--gm-ramp-steps must be >= 0, got {self.gm_ramp_steps}")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
         if not 0 <= self.learn_margin < 1:

@@ -193,7 +193,8 @@ class Trainer:
             if uri and uri.lower() != "none":
                 frozen = frozen_encoder(uri, cfg.encoder).to(self.device)
         return RelativeObjective(trim=cfg.trim, frozen_encoder=frozen, feature_weight=cfg.feature_weight,
-                                 feature_margin=cfg.feature_margin, feature_layer=get_spec(cfg.encoder).layers[-1])
+                                 feature_margin=cfg.feature_margin, feature_layer=get_spec(cfg.encoder).layers[-1],
+                                 gm_ramp_steps=cfg.gm_ramp_steps)
 
     # ------------------------------------------------------------------ data
 
@@ -277,8 +278,11 @@ class Trainer:
         window: dict[str, float] = defaultdict(float)
         window_images, t_window = 0, time.time()
         autocast = autocast_for(self.device, cfg.dtype)
+        at_step = getattr(self.objective, "at_step", None)  # a weight schedule of the objective, if any
         while self.state.step < cfg.steps:
             self.model.train()
+            if at_step:
+                at_step(self.state.step)
             for terms in optimizer_step(self.model, self.objective, self.optimizer, self._micro_batches(batches),
                                         cfg.grad_accum, cfg.grad_clip, autocast):
                 for k, v in terms.items():
