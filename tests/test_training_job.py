@@ -284,8 +284,11 @@ def test_pretrain_stage_gives_the_encoder_teacher_and_student_start_from(data, p
     run_training(_config(stage="student", data=[pseudo_labels], output=student, steps=10, log_every=5,
                          pretrained_encoder=encoder), start_retries=0)
     rows = [r for r in _rows(student) if "loss" in r]
-    assert rows and all(r["feat"] > 0 for r in rows)  # the alignment term is on and logged
-    assert json.loads(storage.read_bytes(storage.join(student, "config.json")))["pretrained_encoder"] == encoder
+    # The alignment term is on and logged; it is 0 while the student's tokens stay
+    # within the margin (cos > 0.85) of the encoder it started from.
+    assert rows and all("feat" in r and 0.0 <= r["feat"] < 0.15 for r in rows)
+    saved = json.loads(storage.read_bytes(storage.join(student, "config.json")))["config"]
+    assert saved["pretrained_encoder"] == encoder and saved["frozen_encoder"] is None
 
 
 @pytest.mark.slow
