@@ -4,8 +4,9 @@ Reads a finished ``make demo`` directory (its rendered training scenes,
 held-out sets and pseudo labels) and trains, for each seed, with the demo's
 recipe (``tiny_cpu``, 2 CPU workers, 126 px):
 
-* ``pretrain``: ``--stage pretrain`` on the synthetic training images
-  (``--pretrain-steps``), checkpoints kept along the way for the curve;
+* ``pretrain``: ``--stage pretrain`` on the synthetic training images, the
+  demo's unlabeled photo-style bucket or both (``--pretrain-data``;
+  ``--pretrain-steps``), checkpoints kept along the way for the curve;
 * teachers on the synthetic scenes: from scratch, and from the pretrained encoder
   (and, with ``--curve``, from the encoder after each listed number of pretraining steps);
 * students on the demo's pseudo labels: from scratch (no alignment possible),
@@ -48,6 +49,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--pretrain-steps", type=int, default=400)
+    ap.add_argument("--pretrain-data", choices=("synthetic", "bucket", "both"), default="synthetic",
+                    help="images the pretraining reads: the rendered training scenes, the demo's unlabeled "
+                         "photo-style bucket (read from the pseudo-label shards, labels unread), or both")
     ap.add_argument("--steps", type=int, default=400, help="teacher and student steps")
     ap.add_argument("--curve", type=int, nargs="*", default=[],
                     help="also train a teacher from the encoder after these pretraining steps (multiples of 100)")
@@ -102,7 +106,8 @@ def main() -> None:
         pre = f"{args.encoder_from or args.out}/pretrain/seed{seed}"
         encoder = f"{pre}/encoder.pth"
         if wanted("pretrain") and not args.encoder_from:
-            run("pretrain", seed, stage="pretrain", data=[synthetic], steps=args.pretrain_steps)
+            pretrain_data = {"synthetic": [synthetic], "bucket": [labels], "both": [synthetic, labels]}[args.pretrain_data]
+            run("pretrain", seed, stage="pretrain", data=pretrain_data, steps=args.pretrain_steps)
         if wanted("teacher_scratch"):
             run("teacher_scratch", seed, stage="teacher", data=[synthetic], steps=args.steps)
         if wanted("teacher_pretrained"):

@@ -202,6 +202,12 @@ def test_presets_build_every_stage_from_the_training_presets(tmp_path):
         assert by[name]["pretrained_encoder"] == "<storage>/pretrain_tiny/encoder.pth", name
     assert by["student_tiny"]["frozen_encoder"] is None and by["metric"]["pretrained_encoder"] is None
     assert {s.name: s.needs for s in plan.stages}["teacher"][-1] == "pretrain_tiny"
+    for on, data, needs in (("bucket", ["<storage>/bucket/images"], ("bucket", "heldout")),
+                            ("both", ["<storage>/synthetic/shards", "<storage>/bucket/images"],
+                             ("synthetic", "bucket", "heldout"))):
+        other = build_plan(PipelineConfig(**{**PRESETS["demo"], "pretrain_on": on}, storage=str(tmp_path / on)))
+        stage = {s.name: s for s in other.stages}["pretrain_tiny"]
+        assert stage.settings["data"] == data and stage.needs == needs, on
     off = build_plan(PipelineConfig(**{**PRESETS["demo"], "pretrain_steps": 0}, storage=str(tmp_path / "off")))
     assert "pretrain_tiny" not in [s.name for s in off.stages]
     assert {s.name: s.settings for s in off.stages}["teacher"]["pretrained_encoder"] is None

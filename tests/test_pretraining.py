@@ -185,3 +185,74 @@ def test_pca_picture_colours_features_alike_across_images():
     assert abs(int(maps[0][:, :2, 0].mean()) - int(maps[0][:, 2:, 0].mean())) > 100
     grid = features_grid([np.zeros((42, 56, 3), np.uint8)] * 2, [a, b])
     assert grid.shape == (84, 112, 3)
+
+
+def _jpeg(seed: int, size=(60, 80)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_unlabeled_images_are_pretraining_data_read_as_the_labelling_job_reads_them(tmp_path):
+    """A ``--data`` prefix without shards: loose JPEGs, one file that is not an
+    image, and a tar with PNG members beside a JSON member (SA-1B's layout)
+    become items of the index (a frozen plan), and every image an example;
+    the bad file and a file gone after the listing are recorded skips. Depth
+    stages refuse such a prefix."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from depthlib.training import data as data_mod
+    from depthlib.training.plan import GroupPlan
+
+    bucket = tmp_path / "bucket"
+    (bucket / "photos").mkdir(parents=True)
+    for i in range(40):
+        (bucket / "photos" / f"{i:03d}.jpg").write_bytes(_jpeg(i))
+    (bucket / "photos" / "notes.jpg").write_bytes(b"this is not a picture")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(5):
+            png = io.BytesIO()
+            Image.fromarray(np.full((50, 70, 3), 40 * i, np.uint8)).save(png, format="PNG")
+            for name, payload in ((f"sa_{i}.png", png.getvalue()), (f"sa_{i}.json", b"{}")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    (bucket / "sa_000000.tar").write_bytes(buf.getvalue())
+
+    with pytest.raises(FileNotFoundError, match="--stage pretrain only"):
+        data_mod.build_shard_index([str(bucket)])
+    run = str(tmp_path / "run")
+    index = data_mod.load_or_build_index(run, [str(bucket)], log_fn=lambda *_: None, images=True)
+    assert index.n_rows == 46 and [sum(rg) for rg in index.row_groups] == [46]
+    assert index.row_groups[0] == (32, 14) and not index.skipped
+
+    (bucket / "photos" / "000.jpg").unlink()  # gone after the listing: a recorded read error
+    spec = ExampleSpec(target="none", crop=42)
+    plan = GroupPlan(index, seed=0, rows_per_group=32)
+    errors = f"{run}/data_errors"
+    batches = [data_mod.examples_of_group(plan, g, spec, errors) for g in range(plan.groups_per_epoch)]
+    ok = np.concatenate([b["ok"] for b in batches])
+    assert len(ok) == 46 and ok.sum() == 44
+    for b in batches:
+        assert b["image"].shape[1:] == (3, 42, 42) and not b["target"].any()
+        assert (b["mask"][b["ok"] == 1] == 1).all() and (b["mask"][b["ok"] == 0] == 0).all()
+    assert data_mod.count_data_errors(errors) == 2
+    import pyarrow.parquet as pq
+
+    recorded = {r["key"]: r["reason"] for f in (tmp_path / "run" / "data_errors").glob("*.parquet")
+                for r in pq.read_table(f).to_pylist()}
+    assert recorded == {"photos/notes.jpg": "image_not_an_image", "photos/000.jpg": "read_error"}
+
+    # The plan is frozen: an image added later is not read by the run that listed the prefix.
+    (bucket / "photos" / "zzz.jpg").write_bytes(_jpeg(99))
+    again = data_mod.build_shard_index([str(bucket)], image_output=run)
+    assert again.n_rows == 46

@@ -254,15 +254,19 @@ def test_student_on_pseudo_labels_gets_close_to_its_teacher(data, teacher, pseud
 
 @pytest.mark.slow
 def test_pretrain_stage_gives_the_encoder_teacher_and_student_start_from(data, pseudo_labels, tmp_path):
-    """``--stage pretrain`` on the images of two kinds of shards (synthetic
-    depth and pseudo labels; labels unread), then a student that starts from
-    its ``encoder.pth`` and aligns its features to it (the frozen encoder by default)."""
+    """``--stage pretrain`` on the images of synthetic shards (labels unread)
+    and on the bucket of unlabeled JPEGs (no shards: read as images), then a
+    student that starts from its ``encoder.pth`` and aligns its features to
+    it (the frozen encoder by default)."""
     from depthlib.models.masked_image import MaskedImageModel
 
     pre = str(tmp_path / "pretrain")
-    summary = run_training(_config(stage="pretrain", data=[data["synthetic"], pseudo_labels], val_data=data["photo_val"],
+    summary = run_training(_config(stage="pretrain", data=[data["synthetic"], data["bucket"]], val_data=data["photo_val"],
                                    val_limit=8, output=pre, steps=30, val_every=30, checkpoint_every=30,
                                    log_every=10), start_retries=0)
+    index = json.loads(storage.read_bytes(storage.join(pre, "data_index.json")))
+    assert sum(map(sum, index["row_groups"])) == 384 + 160 and set(index["sources"]) == {0, 1}
+    assert storage.exists(storage.join(pre, "image_plan", "source-001", "_plan", "meta.json"))
     rows = _rows(pre)
     train = [r for r in rows if "mim" in r]
     val = [r for r in rows if "val_mim" in r]

@@ -90,9 +90,12 @@ class PipelineConfig:
     pretrain_preset: Optional[str] = field(default=None, metadata={
         "help": "training preset of the pretraining stage (default: the teacher's)"})
     pretrain_workers: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) of the pretraining stage"})
+    pretrain_on: Literal["synthetic", "bucket", "both"] = field(default="synthetic", metadata={
+        "help": "images the pretraining stage reads: the teacher's training images (labels unread), the "
+                "unlabeled bucket, or both; synthetic measured best at demo scale (docs/training.md)"})
     pretrain_data: list[str] = field(default_factory=list, metadata={
-        "help": "shards whose images the pretraining stage reads (labels unread), each optionally URI:WEIGHT; "
-                "default: the teacher's training shards"})
+        "help": "instead of --pretrain-on: what the pretraining stage reads, each optionally URI:WEIGHT: shards "
+                "(labels unread) or prefixes of unlabeled images (loose files, tars, Parquet)"})
     teacher_preset: str = field(default="teacher_vitl", metadata={"help": "training preset of the teacher"})
     teacher_steps: Optional[int] = field(default=None, metadata={"help": "teacher steps (default: the preset's)"})
     teacher_workers: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) of the teacher"})

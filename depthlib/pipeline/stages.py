@@ -200,6 +200,11 @@ def build_plan(cfg: PipelineConfig) -> Plan:
     # ---- pretraining, teacher, labels, students, metric
     pretrained = cfg.pretrained_by_encoder()
     pretrains: list[tuple[str, object]] = []
+    if cfg.pretrain_data:
+        pretrain_data, pretrain_needs = list(cfg.pretrain_data), ()
+    else:
+        pretrain_data, pretrain_needs = {"synthetic": (train_data, synthetic_needs), "bucket": ([bucket], bucket_needs),
+                                         "both": (train_data + [bucket], synthetic_needs + bucket_needs)}[cfg.pretrain_on]
     if cfg.pretrain_steps:
         from depthlib.training.config import PRESETS as TRAIN_PRESETS, TrainConfig
 
@@ -210,7 +215,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
             if encoder in pretrained:
                 continue
             name, tc = _train_config(cfg, "pretrain", cfg.pretrain_preset or cfg.teacher_preset, f"pretrain_{encoder}",
-                                     root, encoder=encoder, data=list(cfg.pretrain_data or train_data),
+                                     root, encoder=encoder, data=pretrain_data,
                                      val_data=heldout["photo"], workers=cfg.pretrain_workers,
                                      steps=cfg.pretrain_steps)
             pretrains.append((name, tc))
@@ -254,7 +259,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
                         _untrained(base.encoder, cfg.seed, at("untrained", "model.pth")), ("model.pth",),
                         describe=f"a randomly initialised {base.encoder} (the baseline)"))
     for name, tc in pretrains:
-        stages.append(_train_stage(name, tc, root, (() if cfg.pretrain_data else synthetic_needs) + ("heldout",)))
+        stages.append(_train_stage(name, tc, root, pretrain_needs + ("heldout",)))
     own_pretrain = lambda encoder: (pretrain_of[encoder],) if encoder in pretrain_of else ()  # noqa: E731
     stages.append(_train_stage("teacher", teacher, root, synthetic_needs + ("heldout",) + own_pretrain(teacher.encoder)))
     label = PseudoLabelConfig(input=bucket, output=at("pseudo_labels"), checkpoint=storage.join(teacher.output,

@@ -83,7 +83,8 @@ class PlanMeta:
     partitions_per_chunk: int
 
 
-def _chunk_uri(output: str, chunk: int) -> str:
+def chunk_uri(output: str, chunk: int) -> str:
+    """The file of plan chunk ``chunk`` under ``output``."""
     return storage.join(output, "_plan", f"plan-{chunk:05d}.parquet")
 
 
@@ -129,7 +130,7 @@ def create_or_load_plan(output: str, keys: Iterable[str | tuple[str, str]], fing
         columns = {"pid": pa.array(pids, pa.int64()), "key": pa.array(chunk, pa.string())}
         if any(loc is not None for loc in locs):
             columns["loc"] = pa.array(locs, pa.string())
-        storage.write_bytes(_chunk_uri(output, n_chunks), _table_bytes(pa.table(columns)))
+        storage.write_bytes(chunk_uri(output, n_chunks), _table_bytes(pa.table(columns)))
         n_chunks += 1
         chunk, locs = [], []
 
@@ -157,7 +158,7 @@ def create_or_load_plan(output: str, keys: Iterable[str | tuple[str, str]], fing
 
 def load_chunk(output: str, chunk: int) -> list[tuple[int, list[str]]]:
     """``[(pid, keys), ...]`` of one plan chunk, keys in plan order."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(_chunk_uri(output, chunk))))
+    table = pq.read_table(io.BytesIO(storage.read_bytes(chunk_uri(output, chunk))))
     parts: dict[int, list[str]] = {}
     for pid, key in zip(table.column("pid").to_pylist(), table.column("key").to_pylist()):
         parts.setdefault(pid, []).append(key)
@@ -166,7 +167,7 @@ def load_chunk(output: str, chunk: int) -> list[tuple[int, list[str]]]:
 
 def chunk_locators(output: str, chunk: int) -> dict[str, str | None] | None:
     """key -> locator of one plan chunk, or None when it has no container entries."""
-    pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(_chunk_uri(output, chunk))))
+    pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(chunk_uri(output, chunk))))
     if "loc" not in pf.schema_arrow.names:
         return None
     table = pf.read(columns=["key", "loc"])

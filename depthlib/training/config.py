@@ -29,14 +29,17 @@ class TrainConfig:
 
     # What to train, on what, where to write.
     stage: Literal["pretrain", "teacher", "student", "metric"] = field(metadata={
-        "help": "pretrain: self-supervised encoder on the images of any shards, labels unread (masked-image "
+        "help": "pretrain: self-supervised encoder on unlabeled images or the images of any shards, labels "
+                "unread (masked-image "
                 "modelling; writes encoder.pth for --pretrained-encoder); teacher: synthetic depth -> disparity "
                 "(ssi+gm); student: pseudo-label shards (trimmed ssi+gm, feature alignment); metric: metric "
                 "depth (SiLog)"})
     data: list[str] = field(metadata={
         "help": "training shards: a prefix (all .parquet under it) or a file, optionally URI:WEIGHT; "
                 "repeatable. Weights (all sources or none) set each source's share of the rows sampled; "
-                "without them every row is visited once per epoch (proportional to size)"})
+                "without them every row is visited once per epoch (proportional to size). --stage pretrain "
+                "also reads a prefix without shards as unlabeled images: loose files, .tar/.tar.gz archives "
+                "(tars of tars too), Parquet with an image column, as the labelling job reads them"})
     output: str = field(metadata={"help": "run directory (local, s3:// or gs://): config.json, metrics.jsonl, "
                                           "checkpoints, model.pth, curves.png, samples/; re-running the same "
                                           "command resumes"})
@@ -85,6 +88,8 @@ class TrainConfig:
                 "(0: 2 from the start); a fresh head otherwise starts by fitting inverted disparity"})
     feature_weight: float = field(default=1.0, metadata={"help": "weight of the feature-alignment loss (student)"})
     feature_margin: float = field(default=0.85, metadata={"help": "cosine similarity above which a token adds no loss"})
+    image_column: str = field(default="image", metadata={
+        "help": "pretrain: the image-bytes column of Parquet files in a --data source of unlabeled images"})
     mask_ratio: float = field(default=0.6, metadata={
         "help": "pretrain: share of each image's patches hidden from the encoder, whose pixels it predicts"})
     min_depth: float = field(default=1e-3, metadata={"help": "metric stage: smallest valid depth, m"})

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from depthlib import shards, storage
 from depthlib.images import ImageDecodeError
+from depthlib.training import image_data
 from depthlib.training.examples import ExampleSpec, apply_cutmix, make_example, placeholder_example
 from depthlib.training.plan import DataPosition, GroupPlan, ShardIndex
 
@@ -41,12 +42,13 @@ EXAMPLE_COLUMNS = ("image", "target", "mask", "region", "group", "ok")
 # --------------------------------------------------------------------------- the index
 
 
-def _shard_files(uri: str) -> list[str]:
+def _shard_files(uri: str, missing_ok: bool = False) -> list[str]:
     if uri.endswith(".parquet"):
         return [uri]
     files = shards.list_shards(uri)
-    if not files:
-        raise FileNotFoundError(f"no .parquet shards under {storage.redact(uri)}")
+    if not files and not missing_ok:
+        raise FileNotFoundError(f"no .parquet shards under {storage.redact(uri)} (images without labels "
+                                f"are training data for --stage pretrain only)")
     return files
 
 
@@ -63,18 +65,24 @@ def _row_groups(uri: str) -> tuple[str, tuple[int, ...] | None, str]:
         return uri, None, storage.redact(f"unreadable: {type(e).__name__}: {e}")[:500]
 
 
-def build_shard_index(data: list[str], threads: int = 16) -> ShardIndex:
+def build_shard_index(data: list[str], threads: int = 16, *, image_output: str | None = None,
+                      image_column: str = "image", log_fn=print) -> ShardIndex:
     """List the shards under each URI of ``data`` (``URI`` or ``URI:WEIGHT``)
     and read their footers (in parallel). Files that are not readable shards
     are recorded in ``skipped``; no readable row at all is an error. Each file
     records the source it was listed from; with weights, a file under two
-    sources is an error (its share would be ambiguous)."""
+    sources is an error (its share would be ambiguous).
+
+    ``image_output``: the run directory of a stage that reads images only
+    (pretraining). A source without any readable shard is then read as
+    unlabeled images (:mod:`depthlib.training.image_data`), its plan frozen
+    under that directory; without it, such a source is an error."""
     from depthlib.training.config import split_data_weight
 
     split = [split_data_weight(item) for item in data]
     source_of: dict[str, int] = {}
     for s, (uri, weight) in enumerate(split):
-        for f in _shard_files(uri):
+        for f in _shard_files(uri, missing_ok=image_output is not None):
             if f in source_of and source_of[f] != s and weight is not None:
                 raise ValueError(f"{storage.redact(f)} is under two weighted --data sources "
                                  f"({storage.redact(split[source_of[f]][0])} and {storage.redact(uri)})")
@@ -82,20 +90,31 @@ def build_shard_index(data: list[str], threads: int = 16) -> ShardIndex:
     files = sorted(source_of)
     with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
         results = list(pool.map(_row_groups, files))
-    good = [(u, rg) for u, rg, _ in results if rg is not None]
+    with_shards = {source_of[u] for u, rg, _ in results if rg is not None}
+    image_sources = [] if image_output is None else [s for s in range(len(split)) if s not in with_shards]
+    # A source read as images indexes its Parquet files (image tables) itself: not skipped shards.
+    results = [r for r in results if source_of[r[0]] not in image_sources]
+    good = [(u, rg, source_of[u]) for u, rg, _ in results if rg is not None]
+    for s in image_sources:
+        item_files, item_rows = image_data.index_image_source(split[s][0], image_output, s, image_column)
+        good += [(f, rg, s) for f, rg in zip(item_files, item_rows)]
+        log_fn(f"[train] data: {storage.redact(split[s][0])} holds no shards: {sum(map(sum, item_rows))} "
+               f"unlabeled images, read as the labelling job reads them")
     skipped = tuple({"file": storage.redact(u), "reason": why} for u, rg, why in results if rg is None)
-    index = ShardIndex(tuple(u for u, _ in good), tuple(rg for _, rg in good), skipped,
-                       tuple(source_of[u] for u, _ in good))
+    index = ShardIndex(tuple(u for u, _, _ in good), tuple(rg for _, rg, _ in good), skipped,
+                       tuple(s for _, _, s in good))
     if index.n_rows == 0:
         raise ValueError(f"no readable rows in {storage.redact(data)}: "
                          f"{len(files)} files, skipped: {list(skipped)[:5]}")
     return index
 
 
-def load_or_build_index(output: str, data: list[str], log_fn=print) -> ShardIndex:
+def load_or_build_index(output: str, data: list[str], log_fn=print, *, images: bool = False,
+                        image_column: str = "image") -> ShardIndex:
     """The run's frozen shard index (``<output>/data_index.json``), built on
     the first run. A resumed run reads the same files in the same plan even if
-    more shards appeared under the prefixes since."""
+    more shards appeared under the prefixes since. ``images``: sources without
+    shards are read as unlabeled images (see :func:`build_shard_index`)."""
     uri = storage.join(output, INDEX_FILE)
     if storage.exists(uri):
         saved = json.loads(storage.read_bytes(uri))
@@ -103,9 +122,10 @@ def load_or_build_index(output: str, data: list[str], log_fn=print) -> ShardInde
             raise ValueError(f"{storage.redact(uri)} was made for --data {saved.get('data')}, "
                              f"not {list(data)}; use a new --output for other data")
         return ShardIndex.from_dict(saved)
-    index = build_shard_index(data)
+    index = build_shard_index(data, image_output=output if images else None, image_column=image_column,
+                              log_fn=log_fn)
     storage.write_bytes(uri, json.dumps({"data": list(data), **index.to_dict()}).encode())
-    log_fn(f"[train] data: {len(index.files)} shard files, {index.n_rows} rows"
+    log_fn(f"[train] data: {len(index.files)} {'files' if images else 'shard files'}, {index.n_rows} rows"
            + (f"; {len(index.skipped)} files skipped (see {INDEX_FILE})" if index.skipped else ""))
     return index
 
@@ -114,6 +134,9 @@ def load_or_build_index(output: str, data: list[str], log_fn=print) -> ShardInde
 
 
 def _read_item(uri: str, row_group: int) -> list[dict]:
+    if image_data.is_image_item(uri):
+        return storage.retry(lambda: image_data.read_image_item(uri, row_group), uri=uri[len(image_data.ITEM_PREFIX):])
+
     def read() -> list[dict]:
         with storage.open_input(uri) as f:
             pf = pq.ParquetFile(f)
@@ -130,7 +153,17 @@ def _decode(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sample.image, sample.depth, sample.valid
 
 
+class _UnreadEntry(Exception):
+    """An entry of an image source whose bytes could not be read (its reason and detail)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, _UnreadEntry):
+        return exc.reason
     if isinstance(exc, ImageDecodeError):
         return f"image_{exc.reason}"
     return "label_corrupt" if isinstance(exc, (ValueError, KeyError, TypeError)) else "row_error"
@@ -188,11 +221,15 @@ def examples_of_group(plan: GroupPlan, group: int, spec: ExampleSpec, errors_uri
                 ok.append(False)
                 continue
             try:
-                examples.append(make_example(*_decode(row), spec, rng, depth_type=row.get("depth_type")))
+                if "error" in row:  # an image entry that could not be read
+                    raise _UnreadEntry(*row["error"])
+                decoded = image_data.decode_unlabeled(row, spec.crop) if "depth" not in row else _decode(row)
+                examples.append(make_example(*decoded, spec, rng, depth_type=row.get("depth_type")))
                 ok.append(True)
             except Exception as e:  # noqa: BLE001 - any bad row is recorded, never fatal
                 errors.append({"key": str(row.get("key")), "reason": _reason(e),
-                               "detail": storage.redact(f"{type(e).__name__}: {e}")[:500]})
+                               "detail": storage.redact(str(e) if isinstance(e, _UnreadEntry)
+                                                        else f"{type(e).__name__}: {e}")[:500]})
                 examples.append(placeholder_example(spec.crop))
                 ok.append(False)
         if errors and errors_uri:

@@ -197,7 +197,8 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     out = cfg.output
     try:
         check_inputs(cfg)
-        index = data_mod.load_or_build_index(out, cfg.data, log)
+        index = data_mod.load_or_build_index(out, cfg.data, log, images=STAGES[cfg.stage].target == "none",
+                                             image_column=cfg.image_column)
         if cfg.metric:
             for source, kinds in data_mod.depth_types_of_sources(index).items():
                 if kinds - {"metric_depth"}:
