@@ -50,8 +50,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--pretrain-steps", type=int, default=400)
     ap.add_argument("--pretrain-data", choices=("synthetic", "bucket", "both"), default="synthetic",
-                    help="images the pretraining reads: the rendered training scenes, the demo's unlabeled "
-                         "photo-style bucket (read from the pseudo-label shards, labels unread), or both")
+                    help="images the pretraining reads: the rendered training scenes (labels unread), the demo's "
+                         "unlabeled bucket of photo-style JPEGs, or both")
+    ap.add_argument("--pretrain-target", choices=("pixels", "ema_features"), default="pixels",
+                    help="the pretraining objective's target (train.py --pretrain-target)")
     ap.add_argument("--steps", type=int, default=400, help="teacher and student steps")
     ap.add_argument("--curve", type=int, nargs="*", default=[],
                     help="also train a teacher from the encoder after these pretraining steps (multiples of 100)")
@@ -70,6 +72,7 @@ def main() -> None:
     demo = args.demo.rstrip("/")
     synthetic, photo = f"{demo}/synthetic/shards", f"{demo}/heldout/photo/shards"
     labels = f"{demo}/pseudo_labels/labels"
+    bucket = f"{demo}/bucket/images"  # the unlabeled photo-style JPEGs, read as images (no shards)
     base = dict(PRESETS["tiny_cpu"], workers=2, val_every=100, checkpoint_every=100, keep_checkpoints=20,
                 val_data=photo, samples=2)
     import dataclasses
@@ -106,8 +109,9 @@ def main() -> None:
         pre = f"{args.encoder_from or args.out}/pretrain/seed{seed}"
         encoder = f"{pre}/encoder.pth"
         if wanted("pretrain") and not args.encoder_from:
-            pretrain_data = {"synthetic": [synthetic], "bucket": [labels], "both": [synthetic, labels]}[args.pretrain_data]
-            run("pretrain", seed, stage="pretrain", data=pretrain_data, steps=args.pretrain_steps)
+            pretrain_data = {"synthetic": [synthetic], "bucket": [bucket], "both": [synthetic, bucket]}[args.pretrain_data]
+            run("pretrain", seed, stage="pretrain", data=pretrain_data, steps=args.pretrain_steps,
+                pretrain_target=args.pretrain_target)
         if wanted("teacher_scratch"):
             run("teacher_scratch", seed, stage="teacher", data=[synthetic], steps=args.steps)
         if wanted("teacher_pretrained"):

@@ -399,6 +399,25 @@ def masked_patch_loss(pred: Tensor, images: Tensor, masks: Tensor, patch: int, e
     return (per_patch * m).sum() / m.sum().clamp_min(1.0)
 
 
+def masked_feature_loss(pred: Tensor, target: Tensor, masks: Tensor) -> Tensor:
+    """Mean squared error of the predicted features of the HIDDEN patches
+    (iBOT's and data2vec's masked-token objective, with data2vec's regression
+    target rather than iBOT's softmax over prototypes).
+
+    Args:
+        pred: ``B x N x C`` the masked pass's predicted tokens (any float dtype).
+        target: ``B x N x C`` the target tokens of the unmasked image, no
+            gradient (:meth:`MaskedImageModel.targets`: instance-normalised over
+            the tokens of each image and channel, so a target shared by every
+            patch is 0 and a prediction of 0 scores about 1).
+        masks: ``B x N`` bool, True where a patch was hidden.
+    Returns: 0-dim float32; 0 (connected to the graph) when nothing is hidden.
+    """
+    per_patch = (pred.float() - target.detach().float()).pow(2).mean(-1)
+    m = masks.to(per_patch.dtype)
+    return (per_patch * m).sum() / m.sum().clamp_min(1.0)
+
+
 def feature_spread(tokens: Tensor) -> Tensor:
     """How much an encoder's features differ between images: the standard
     deviation over the batch of each image's mean patch token, averaged over

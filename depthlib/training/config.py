@@ -88,6 +88,11 @@ class TrainConfig:
                 "(0: 2 from the start); a fresh head otherwise starts by fitting inverted disparity"})
     feature_weight: float = field(default=1.0, metadata={"help": "weight of the feature-alignment loss (student)"})
     feature_margin: float = field(default=0.85, metadata={"help": "cosine similarity above which a token adds no loss"})
+    pretrain_target: Literal["pixels", "ema_features"] = field(default="pixels", metadata={
+        "help": "pretrain: what a hidden patch is predicted as: its normalised pixels (MAE/SimMIM), or the tokens "
+                "an EMA copy of the encoder gives the unmasked image (iBOT's/data2vec's masked-token objective)"})
+    ema_momentum: float = field(default=0.996, metadata={
+        "help": "pretrain with ema_features: the EMA's momentum at step 0, rising to 1 at the last step (cosine)"})
     image_column: str = field(default="image", metadata={
         "help": "pretrain: the image-bytes column of Parquet files in a --data source of unlabeled images"})
     mask_ratio: float = field(default=0.6, metadata={
@@ -187,6 +192,11 @@ class TrainConfig:
             raise ValueError("--warmup-steps must be >= 0, --lr and --head-lr-multiplier > 0")
         if self.fsdp and self.workers < 2:
             raise ValueError("--fsdp shards over workers: use --workers 2 or more")
+        if self.fsdp and self.stage == "pretrain" and self.pretrain_target == "ema_features":
+            raise ValueError("--pretrain-target ema_features runs its EMA encoder outside the sharded forward: "
+                             "use DDP (no --fsdp)")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"--ema-momentum must be in [0, 1), got {self.ema_momentum}")
 
     def data_uris(self) -> list[str]:
         """The ``--data`` URIs without their weights."""

@@ -131,7 +131,7 @@ class Trainer:
             # upsampling; torch warns there instead of stopping the run.
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        model = build_stage_model(self.stage, cfg.encoder, cfg.max_depth)
+        model = build_stage_model(self.stage, cfg.encoder, cfg.max_depth, cfg.pretrain_target)
         source = initialise(model, cfg.init_from, cfg.pretrained_encoder, encoder_only=self.stage.encoder_only_init)
         if self.stage.metric and cfg.head_start_depth:
             start_metric_head_at(model, cfg.head_start_depth)
@@ -184,7 +184,7 @@ class Trainer:
     def _objective(self, weights_source: str | None):
         cfg = self.cfg
         if not self.stage.predicts_depth:
-            return MaskedImageObjective(cfg.mask_ratio)
+            return MaskedImageObjective(cfg.mask_ratio, cfg.steps, cfg.ema_momentum)
         if self.stage.metric:
             return MetricObjective()
         frozen = None
@@ -390,7 +390,8 @@ class Trainer:
         features over all held-out images (0 = collapsed). Rank 0 draws
         ``samples/step-<step>.png``: each image beside the PCA colours of its
         patch features (:func:`depthlib.visualize.features_grid`)."""
-        from depthlib.losses import feature_spread, masked_patch_loss, random_patch_masks
+        from depthlib.losses import feature_spread, random_patch_masks
+        from depthlib.models.masked_image import masked_loss
         from depthlib.models.specs import PATCH_SIZE
         from depthlib.transforms import preprocess
 
@@ -409,7 +410,7 @@ class Trainer:
             tokens = model.features(x)
             if padding:
                 continue
-            loss_sum += float(masked_patch_loss(pixels, x, masks, PATCH_SIZE))
+            loss_sum += float(masked_loss(self.raw_model, pixels, x, masks))
             count += 1
             pooled.append(tokens.float().mean(1).cpu())
             if self.rank == 0 and len(pictures) < self.cfg.samples:

@@ -49,14 +49,14 @@ STAGES = {
 }
 
 
-def build_stage_model(stage: Stage, encoder: str, max_depth: float) -> torch.nn.Module:
+def build_stage_model(stage: Stage, encoder: str, max_depth: float, pretrain_target: str = "pixels") -> torch.nn.Module:
     """The stage's randomly initialised model: ``DepthAnythingV2`` (relative or
-    metric head) or, for pretraining, ``MaskedImageModel``; both keep the
-    encoder under ``.pretrained``."""
+    metric head) or, for pretraining, ``MaskedImageModel`` (with
+    ``pretrain_target``); both keep the encoder under ``.pretrained``."""
     if not stage.predicts_depth:
         from depthlib.models.masked_image import MaskedImageModel
 
-        return MaskedImageModel(encoder)
+        return MaskedImageModel(encoder, pretrain_target)
     from depthlib.models import build_model
 
     return build_model(encoder, metric=stage.metric, max_depth=max_depth)
@@ -180,22 +180,42 @@ class MetricObjective:
 class MaskedImageObjective:
     """Pretraining: hide ``mask_ratio`` of each image's patches (uniformly at
     random, from torch's generator, which checkpoints restore) and predict
-    their per-patch normalised pixels (:func:`depthlib.losses.masked_patch_loss`).
+    what the model's target kind says (``MaskedImageModel.target``): their
+    per-patch normalised pixels, or the EMA encoder's tokens of the unmasked
+    image (:func:`depthlib.models.masked_image.masked_loss`).
+
+    With the EMA target, the average is updated once per step, before the
+    step's first forward pass, with the momentum of
+    :func:`~depthlib.models.masked_image.ema_momentum` (``ema_momentum`` at
+    step 0 rising to 1 at ``steps``); at step 0 it becomes a copy of the
+    encoder (which may have been loaded from ``--pretrained-encoder``).
 
     Rows that did not decode (placeholders: ``batch["mask"]`` all False) hide
     nothing and add nothing. ``feature_spread``: across-image spread of the
     masked pass's features, the collapse gauge (:func:`depthlib.losses.feature_spread`)."""
 
-    def __init__(self, mask_ratio: float = 0.6):
+    def __init__(self, mask_ratio: float = 0.6, steps: int = 1, ema_momentum: float = 0.996):
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask ratio must be in (0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
+        self.steps = steps
+        self.ema_momentum = ema_momentum
+        self._ema_due: int | None = None
+
+    def at_step(self, step: int) -> None:
+        self._ema_due = step
 
     def __call__(self, model, images: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        from depthlib.models.masked_image import ema_momentum, masked_loss, update_ema
+
+        bare = getattr(model, "module", model)  # DDP wraps the model; the EMA and targets live on it
+        if bare.target == "ema_features" and self._ema_due is not None:
+            step, self._ema_due = self._ema_due, None
+            update_ema(bare, 0.0 if step == 0 else ema_momentum(step, self.steps, self.ema_momentum))
         b, _, h, w = images.shape
         masks = random_patch_masks(b, (h // PATCH_SIZE) * (w // PATCH_SIZE), self.mask_ratio, device=images.device)
         usable = batch["mask"].flatten(1).any(1)
         masks = masks & usable[:, None]
-        pixels, tokens = model(images, masks)
-        loss = masked_patch_loss(pixels, images, masks, PATCH_SIZE)
+        prediction, tokens = model(images, masks)
+        loss = masked_loss(bare, prediction, images, masks)
         return {"loss": loss, "mim": loss.detach(), "feature_spread": feature_spread(tokens.detach())}
