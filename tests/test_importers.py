@@ -413,3 +413,48 @@ def test_entry_script_imports_with_a_text_split_list_and_limit(tmp_path, ray_ses
     assert set(rows_by_key(tmp_path / "out")) == {keys[1]}
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{\n"):])["written"] == 1
+
+
+def test_tar_listing_reads_neighbouring_headers_together(tmp_path, monkeypatch):
+    """Listing a tar of 200 members of 30 KB reads its headers through 256 KiB
+    windows: 24 ranged reads, where tarfile alone issues two reads per member."""
+    import io as io_mod
+    import os
+    import tarfile
+
+    from depthlib import storage
+    from depthlib.importers import sources
+
+    path = tmp_path / "vkitti_rgb.tar"
+    with tarfile.open(path, "w") as tf:
+        for i in range(200):
+            payload = os.urandom(30000)
+            info = tarfile.TarInfo(f"Scene01/clone/frames/rgb/Camera_0/rgb_{i:05d}.jpg")
+            info.size = len(payload)
+            tf.addfile(info, io_mod.BytesIO(payload))
+    reads = []
+    opened = storage.open_input
+
+    class Counted:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read_at(self, n, offset):
+            reads.append(n)
+            return self.f.read_at(n, offset)
+
+        def __getattr__(self, name):
+            if name in ("read", "seek"):  # a byte stream's reads would bypass the window
+                raise AttributeError(name)
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(storage, "open_input", lambda uri, *a, **k: Counted(opened(uri, *a, **k)))
+    members = sources._list_tar(str(path), lambda name: True)
+    assert len(members) == 200 and members[7][1].offset % 512 == 0
+    assert len(reads) <= 30, len(reads)
