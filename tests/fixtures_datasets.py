@@ -166,14 +166,15 @@ def blendedmvs_files(pid: str = "5a3ca9cb270f0e3f14d0eddb", frames=(0, 1)):
 
 
 def irs_files(area: str = "Home", scene: str = "ArchVizInterior03Data", frames=(1, 2)):
-    """``{path: bytes}`` and ``{image key: float32 disparity}``."""
+    """``{path: bytes}`` and ``{image key: float32 disparity}``. Names as shipped, zero-padded to five
+    digits (``Home/<scene>/l_00001.png``, ``d_00001.exr``; IRS's ``lists/irs_small_test.list``)."""
     files, disps = {}, {}
     for i in frames:
-        key = f"{area}/{scene}/l_{i}.png"
+        key = f"{area}/{scene}/l_{i:05d}.png"
         d = np.random.default_rng(i).uniform(2.0, 90.0, (H, W)).astype(np.float32)
         files[key] = encode(rgb(i), "PNG")
-        files[f"{area}/{scene}/r_{i}.png"] = encode(rgb(i + 1), "PNG")
-        files[f"{area}/{scene}/d_{i}.exr"] = exr_one_channel(d)
+        files[f"{area}/{scene}/r_{i:05d}.png"] = encode(rgb(i + 1), "PNG")
+        files[f"{area}/{scene}/d_{i:05d}.exr"] = exr_one_channel(d)
         disps[key] = d
     return files, disps
 

@@ -189,13 +189,23 @@ def test_blendedmvs_pfm_is_flipped_and_stored_up_to_scale(tmp_path):
 
     with pytest.raises(ValueError, match="metric depth"):
         load_validation_rows(str(tmp_path / "out" / "shards"), 4)
+    # ... and the evaluation job refuses them as depth-metric ground truth, naming the kind
+    from depthlib.evaluation.datasets import DatasetError, plan_dataset
+
+    with pytest.raises(DatasetError, match=r"only relative labels \(\d+ rows of depth_type .depth_up_to_scale.;"):
+        plan_dataset("shards", str(tmp_path / "out" / "shards"))
 
 
 def test_irs_exr_disparity_stored_as_disparity_with_focal_and_baseline(tmp_path):
     files, disps = fx.irs_files()
+    # the shipped names are zero-padded (l_00001.png); an unpadded copy (l_7.png, d_7.exr) pairs up too
+    more, more_disps = fx.irs_files(frames=(7,))
+    files.update({k.replace("_00007.", "_7."): v for k, v in more.items()})
+    disps.update({k.replace("_00007.", "_7."): v for k, v in more_disps.items()})
     fx.write_tree(tmp_path / "in", files)
     convert_without_ray("irs", tmp_path / "in", tmp_path / "out")
     rows = rows_by_key(tmp_path / "out")
+    assert "Home/ArchVizInterior03Data/l_00001.png" in rows and "Home/ArchVizInterior03Data/l_7.png" in rows
     assert set(rows) == set(disps)  # r_N.png and n_N.exr are not frames
     for key, disp in disps.items():
         row = rows[key]

@@ -341,7 +341,7 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
     if split is not None:
         rows, _ = parse_split(_read_text(split, "split list"), spec, storage.redact(split))
         wanted = {r[0] for r in rows}
-    samples, n_disparity = [], 0
+    samples, not_metric = [], {}  # depth_type -> rows skipped
     for uri in uris:
         try:
             with storage.open_input(uri) as f:
@@ -358,7 +358,7 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
                         if wanted is not None and key not in wanted:
                             continue
                         if depth_type != "metric_depth":
-                            n_disparity += 1
+                            not_metric[depth_type] = not_metric.get(depth_type, 0) + 1
                             continue
                         samples.append({"key": key, "shard": {"uri": uri, "row_group": g, "row": i}})
         except DatasetError:
@@ -366,10 +366,11 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
         except (ValueError, OSError, storage.StorageError) as e:  # includes ShardVersionError
             raise DatasetError(f"shards: cannot read {storage.redact(uri)}: {e}") from None
     if not samples:
-        if n_disparity:
+        if not_metric:
+            found = ", ".join(f"{n} rows of depth_type {t!r}" for t, n in sorted(not_metric.items()))
             raise DatasetError(
-                f"shards under {where} hold only relative labels (depth_type 'disparity', e.g. pseudo labels, "
-                f"or 'depth_up_to_scale', e.g. BlendedMVS, whose units are not metres): "
+                f"shards under {where} hold only relative labels ({found}; 'disparity' are e.g. pseudo labels, "
+                f"'depth_up_to_scale' e.g. BlendedMVS, whose units are not metres): "
                 f"depth metrics need metric ground truth; evaluate shards with depth_type 'metric_depth' "
                 f"(synthetic or metric shards)")
         raise DatasetError(f"shards: no rows under {where}" + (" match the split list" if wanted else ""))
@@ -377,7 +378,8 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
         samples = samples[:limit]
     plan = DatasetPlan(name, spec, samples, 0, storage.redact(split) if split else "every metric_depth row",
                        where)
-    plan.info = {"n_shards": len(uris), "disparity_rows_skipped": n_disparity}
+    plan.info = {"n_shards": len(uris), "disparity_rows_skipped": sum(not_metric.values()),
+                 "rows_skipped_by_depth_type": not_metric}
     return plan
 
 
