@@ -468,3 +468,75 @@ def test_tar_listing_reads_neighbouring_headers_together(tmp_path, monkeypatch):
     members = sources._list_tar(str(path), lambda name: True)
     assert len(members) == 200 and members[7][1].offset % 512 == 0
     assert len(reads) <= 30, len(reads)
+
+
+def test_imported_sets_mixed_by_weight_train_the_teacher_and_the_metric_head(tmp_path):
+    """Importer output through the training data path (index, weighted plan, examples of each group)
+    and the stages' objectives: each source's target is what its kind says (inverse depth for VKITTI2
+    metres and BlendedMVS units, IRS disparity as it is; metres for the metric stage), and a few
+    optimiser steps on the mixed batch lower the teacher's loss."""
+    import torch
+
+    from depthlib.training.data import build_shard_index, examples_of_group
+    from depthlib.training.objectives import STAGES, MetricObjective, RelativeObjective, build_stage_model
+    from depthlib.training.plan import GroupPlan
+    from depthlib.transforms import normalize
+
+    sets = {"vkitti2": fx.vkitti2_files(), "blendedmvs": fx.blendedmvs_files(), "irs": fx.irs_files()}
+    expected = {}  # source -> the set of target values its rows can give (teacher spec)
+    teacher = ExampleSpec(target="inverse_depth", crop=28, flip=False)
+    for name, (files, _) in sets.items():
+        fx.write_tree(tmp_path / "in" / name, files)
+        convert_without_ray(name, tmp_path / "in" / name, tmp_path / name)
+        values = []
+        for row in rows_by_key(tmp_path / name).values():
+            s = shards.decode_sample(row)
+            target, mask = target_and_mask(s.depth, s.valid, teacher, s.depth_type)
+            values.append(target[mask])
+        expected[name] = np.concatenate(values)
+    data = [f"{tmp_path / name}/shards:{w}" for name, w in zip(sets, (2, 1, 1))]
+    index = build_shard_index(data, log_fn=lambda *_: None)
+    plan = GroupPlan(index, seed=0, rows_per_group=8, weights=(2.0, 1.0, 1.0))
+    batch = [examples_of_group(plan, g, teacher, None) for g in range(3)]
+    batch = {k: np.concatenate([b[k] for b in batch]) for k in batch[0]}
+    assert batch["ok"].all() and batch["image"].shape[1:] == (3, 28, 28)
+    seen = set()
+    for target, mask in zip(batch["target"], batch["mask"].astype(bool)):
+        owners = [n for n, v in expected.items() if np.isin(target[mask], v).all()]
+        assert len(owners) == 1, owners  # every value is one source's own (nearest resize, no blending)
+        seen.add(owners[0])
+    assert seen == set(sets)
+
+    torch.manual_seed(0)
+    model = build_stage_model(STAGES["teacher"], "tiny", 20.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    objective = RelativeObjective(gm_ramp_steps=100)  # ssi alone: the fixtures' depths are per-pixel noise
+    tensors = {k: torch.from_numpy(batch[k]) for k in ("target", "mask", "region")}
+    tensors["mask"] = tensors["mask"].bool()
+    images = normalize(torch.from_numpy(batch["image"]).float() / 255.0)
+    losses = []
+    for _ in range(10):
+        terms = objective(model, images, tensors)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert np.isfinite(losses).all() and losses[-1] < 0.95 * losses[0], losses  # 1.41 -> 1.27 measured
+
+    # metric fine-tuning reads VKITTI2 in metres (sky excluded), never the other two
+    metric = ExampleSpec(target="metric_depth", crop=28, flip=False, max_depth=80.0)
+    index = build_shard_index([f"{tmp_path / 'vkitti2'}/shards"], log_fn=lambda *_: None)
+    batch = examples_of_group(GroupPlan(index, seed=0, rows_per_group=4), 0, metric, None)
+    depths_m = np.concatenate([cm[cm != 65535] / 100.0 for cm in sets["vkitti2"][1].values()])
+    mask = batch["mask"].astype(bool)
+    assert batch["ok"].all() and mask.any()
+    nearest = np.abs(batch["target"][mask][:, None] - depths_m[None]).min(axis=1)
+    assert (nearest <= 1e-3 * batch["target"][mask]).all()  # the codec's metric tolerance
+    model = build_stage_model(STAGES["metric"], "tiny", 80.0)
+    terms = MetricObjective()(model, normalize(torch.from_numpy(batch["image"]).float() / 255.0),
+                              {"target": torch.from_numpy(batch["target"]), "mask": torch.from_numpy(mask)})
+    assert torch.isfinite(terms["loss"])
+    for name in ("blendedmvs", "irs"):
+        bad = examples_of_group(GroupPlan(build_shard_index([f"{tmp_path / name}/shards"], log_fn=lambda *_: None),
+                                          seed=0, rows_per_group=4), 0, metric, None)
+        assert not bad["ok"].any()  # refused row by row (not metres), recorded, never trained on
