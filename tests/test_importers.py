@@ -483,6 +483,7 @@ def test_imported_sets_mixed_by_weight_train_the_teacher_and_the_metric_head(tmp
     from depthlib.transforms import normalize
 
     sets = {"vkitti2": fx.vkitti2_files(), "blendedmvs": fx.blendedmvs_files(), "irs": fx.irs_files()}
+    inverted = {"vkitti2": True, "blendedmvs": True, "irs": False}  # depth (metres or units) vs disparity
     expected = {}  # source -> the set of target values its rows can give (teacher spec)
     teacher = ExampleSpec(target="inverse_depth", crop=28, flip=False)
     for name, (files, _) in sets.items():
@@ -491,8 +492,8 @@ def test_imported_sets_mixed_by_weight_train_the_teacher_and_the_metric_head(tmp
         values = []
         for row in rows_by_key(tmp_path / name).values():
             s = shards.decode_sample(row)
-            target, mask = target_and_mask(s.depth, s.valid, teacher, s.depth_type)
-            values.append(target[mask])
+            label = s.depth[s.valid & (s.depth > 0)]
+            values.append((1.0 / label if inverted[name] else label).astype(np.float32))
         expected[name] = np.concatenate(values)
     data = [f"{tmp_path / name}/shards:{w}" for name, w in zip(sets, (2, 1, 1))]
     index = build_shard_index(data, log_fn=lambda *_: None)
@@ -536,7 +537,11 @@ def test_imported_sets_mixed_by_weight_train_the_teacher_and_the_metric_head(tmp
     terms = MetricObjective()(model, normalize(torch.from_numpy(batch["image"]).float() / 255.0),
                               {"target": torch.from_numpy(batch["target"]), "mask": torch.from_numpy(mask)})
     assert torch.isfinite(terms["loss"])
+    from depthlib.training.data import count_data_errors
+
     for name in ("blendedmvs", "irs"):
+        errors = str(tmp_path / "data_errors" / name)
         bad = examples_of_group(GroupPlan(build_shard_index([f"{tmp_path / name}/shards"], log_fn=lambda *_: None),
-                                          seed=0, rows_per_group=4), 0, metric, None)
+                                          seed=0, rows_per_group=4), 0, metric, errors)
         assert not bad["ok"].any()  # refused row by row (not metres), recorded, never trained on
+        assert count_data_errors(errors) == len(bad["ok"])

@@ -39,6 +39,7 @@ import io
 import json
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -341,7 +342,7 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
     if split is not None:
         rows, _ = parse_split(_read_text(split, "split list"), spec, storage.redact(split))
         wanted = {r[0] for r in rows}
-    samples, not_metric = [], {}  # depth_type -> rows skipped
+    samples, not_metric = [], Counter()  # depth_type -> rows skipped
     for uri in uris:
         try:
             with storage.open_input(uri) as f:
@@ -358,7 +359,7 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
                         if wanted is not None and key not in wanted:
                             continue
                         if depth_type != "metric_depth":
-                            not_metric[depth_type] = not_metric.get(depth_type, 0) + 1
+                            not_metric[depth_type] += 1
                             continue
                         samples.append({"key": key, "shard": {"uri": uri, "row_group": g, "row": i}})
         except DatasetError:
@@ -379,7 +380,7 @@ def _plan_shards(name: str, spec: DatasetSpec, root: str, split: Optional[str],
     plan = DatasetPlan(name, spec, samples, 0, storage.redact(split) if split else "every metric_depth row",
                        where)
     plan.info = {"n_shards": len(uris), "disparity_rows_skipped": sum(not_metric.values()),
-                 "rows_skipped_by_depth_type": not_metric}
+                 "rows_skipped_by_depth_type": dict(not_metric)}
     return plan
 
 
