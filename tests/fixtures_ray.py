@@ -14,6 +14,15 @@ import os
 
 import pytest
 
+# Ray Train's controller polls its workers every 2 s by default, so each run
+# ends up to 2 s after its workers finish, and its start waits on polls too;
+# the suite starts about 40 runs. (Ray's own tests poll every 0.1 s.) Set when
+# pytest loads this plugin, before any ray.init: the local cluster's processes
+# inherit it. Tests that start Ray processes of their own pass it on.
+TEST_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+for _key, _value in TEST_RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
+
 
 @pytest.fixture(scope="session")
 def ray_session():

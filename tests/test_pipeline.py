@@ -28,6 +28,7 @@ from depthlib.pipeline import PRESETS, PipelineConfig, Stage, StageSettingsChang
 from depthlib.pipeline import runner
 from depthlib.pipeline.heldout import sample_pairs, smooth_valid, write_pairs
 from depthlib.pipeline.stages import build_plan, relative
+from fixtures_ray import TEST_RAY_ENV
 from fixtures_s3 import all_backends
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -488,7 +489,7 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_a
     tmp = Path(tempfile.mkdtemp(prefix="dl-e2e-", dir="/tmp"))
     home = tmp / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))} | TEST_RAY_ENV
     env.update(HOME=str(home), RAY_AUTH_MODE="token", OMP_NUM_THREADS="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     gen = _run([ray_bin, "get-auth-token", "--generate"], env)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures_ray import TEST_RAY_ENV
 from fixtures_s3 import REGION
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.mark.timeout(900)
 def test_a_lost_node_is_replaced_and_training_resumes_from_object_storage(s3_server):
     bucket = s3_server.new_bucket("multinode")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))} | TEST_RAY_ENV
     env.update(AWS_ENDPOINT_URL=s3_server.endpoint_url, AWS_REGION=REGION, AWS_EC2_METADATA_DISABLED="true",
                AWS_ACCESS_KEY_ID=s3_server.access_key_id, AWS_SECRET_ACCESS_KEY=s3_server.secret_access_key,
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -265,6 +265,8 @@ def train_dataset(plan_ref, plan: GroupPlan, spec: ExampleSpec, start: DataPosit
     Ray Train to split among the workers."""
     import ray
 
+    from depthlib.ray_data_pacing import pace
+
     groups = [g for g in range(start.next_group, max(end_group, start.next_group + 1))
               if g % world == rank and not start.is_done(g)]
     n = len(groups)
@@ -275,7 +277,7 @@ def train_dataset(plan_ref, plan: GroupPlan, spec: ExampleSpec, start: DataPosit
     # The ids are made here rather than by ray.data.range, whose read tasks each
     # ask for one whole CPU: on nodes where the training workers leave less than
     # that free, they would never be scheduled and the stream would wait forever.
-    ds = ray.data.from_items([{"group": g} for g in groups], override_num_blocks=max(1, min(n, MAX_BLOCKS)))
+    ds = pace(ray.data.from_items([{"group": g} for g in groups], override_num_blocks=max(1, min(n, MAX_BLOCKS))))
     return ds.map_batches(
         load_groups, batch_size=1, batch_format="numpy", num_cpus=data_cpus,
         memory=2**29 + rows * bytes_per_row,
