@@ -567,7 +567,7 @@ def test_end_to_end_ray_job_submit_to_a_token_authenticated_head_driver_killed_a
             state = job_state(job_id)
             if state in ("SUCCEEDED", "FAILED", "STOPPED"):
                 break
-            time.sleep(5)
+            time.sleep(1)
         status = _run([ray_bin, "job", "status", "--address", address, job_id], client_env)
         logs = _run([ray_bin, "job", "logs", "--address", address, job_id], client_env).stdout
         assert state == "SUCCEEDED", f"job {job_id}: {state or 'timed out'}\n{logs[-6000:]}"

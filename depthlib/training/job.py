@@ -120,6 +120,15 @@ def latest_position(output: str) -> tuple[DataPosition, int]:
         return DataPosition(), 0
 
 
+def _train_worker(loop_config: dict) -> None:
+    """Ray Train's worker function, :func:`depthlib.training.loop.train_worker`,
+    imported where it runs: the controller unpickles this reference without
+    importing the model code (timm, torchvision: ~2 s of every run's start)."""
+    from depthlib.training.loop import train_worker
+
+    train_worker(loop_config)
+
+
 @dataclass
 class TrainDataset:
     """Ray Train calls this (on its controller) at every worker-group start, so
@@ -188,7 +197,7 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from depthlib.training.loop import FINAL_MODEL, train_worker
+    from depthlib.training.loop import FINAL_MODEL
 
     t0 = time.time()
     cfg = resolve_paths(cfg)
@@ -233,7 +242,7 @@ def run_training(cfg: TrainConfig, log=print, start_retries: int = -1) -> dict:
 
     fs, path = storage.filesystem(out, s3)
     trainer = TorchTrainer(
-        train_worker,
+        _train_worker,
         train_loop_config={"config": cfg.to_dict(), "plan": plan_ref, "run_name": f"{path.rstrip('/').rsplit('/', 1)[-1]}",
                            "s3": s3, "torch_threads": max(1, int(cpus))},
         scaling_config=scaling_config(cfg),

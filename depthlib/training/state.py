@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from depthlib import storage
-from depthlib.models.checkpoints import released_bytes, released_to_model_state
 from depthlib.training.plan import DataPosition
 from depthlib.training.records import jsonl
 
@@ -72,6 +71,8 @@ def set_rng_state(state: dict) -> None:
 def write_checkpoint_dir(directory: str, *, model_state: dict, encoder: str, optimizer_state: dict,
                          scheduler_state: dict, state: TrainState, config: dict) -> None:
     """Write a checkpoint into the local ``directory`` (rank 0)."""
+    from depthlib.models.checkpoints import released_bytes
+
     os.makedirs(directory, exist_ok=True)
     files = {
         "model.pt": released_bytes(model_state, encoder),
@@ -96,6 +97,8 @@ def _load(path: str):
 def read_checkpoint_dir(directory: str, encoder: str) -> tuple[TrainState, dict, dict, dict, dict]:
     """``(state, model_state, optimizer_state, scheduler_state, rng_state)`` of a
     local checkpoint directory; the model state in ``DepthAnythingV2`` layout."""
+    from depthlib.models.checkpoints import released_to_model_state
+
     with open(os.path.join(directory, "train_state.json")) as f:
         meta = json.load(f)
     with open(os.path.join(directory, "metrics.jsonl")) as f:
