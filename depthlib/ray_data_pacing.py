@@ -6,8 +6,8 @@ consumer has not taken the blocks already made (the steady state of a training
 stream that runs ahead of its trainer), no task runs and the loop goes round
 without pausing: one core busy doing nothing, inside the training worker itself
 under ``--deterministic`` (its own stream), where it also holds the GIL against
-the training step. Measured on 2 cores, tiny student, 2 workers: 25 img/s with
-the spinning stream, 70 img/s without (``benchmarks/README.md``).
+the training step. Measured on 2 cores, tiny student, 2 workers: 22-29 img/s
+with the spinning stream, 60-65 img/s without (``benchmarks/README.md``).
 
 :class:`IdlePause` is an execution callback (``DataContext``'s public
 ``custom_execution_callback_classes``) that sleeps a few milliseconds after a
