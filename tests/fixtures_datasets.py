@@ -201,6 +201,29 @@ def write_zip(path: Path, files: dict[str, bytes], strip: str = "", prefix: str 
     return path
 
 
+def write_zip64_beyond_4gib(path: Path, files: dict[str, bytes], first: dict[str, bytes] | None = None,
+                            gap: int = (4 << 30) + 12345) -> Path:
+    """A ZIP64 archive whose ``files`` lie past the 4 GiB mark, as in Hypersim's larger scene ZIPs.
+
+    ``first`` (if any) is written at offset 0; then the archive skips ``gap`` bytes
+    (a hole: the file is sparse, a few KiB on disk) and writes ``files`` deflated,
+    each with a ZIP64 extra field in its local header and offsets > 2**32 in the
+    central directory (``zipfile`` writes a ZIP64 end record). The skip sets
+    ``ZipFile.start_dir``, where the writer puts its next member (an attribute of
+    CPython's ``zipfile`` writer; this is test data only).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in sorted((first or {}).items()):
+            z.writestr(name, data)
+        z.start_dir = max(z.start_dir, gap)
+        for name, data in sorted(files.items()):
+            with z.open(name, "w", force_zip64=True) as member:
+                member.write(data)
+    return path
+
+
 def write_tar(path: Path, files: dict[str, bytes], prefix: str = "") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

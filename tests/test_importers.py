@@ -341,6 +341,25 @@ def test_archive_members_are_read_by_ranged_reads_and_checked(tmp_path):
         list(list_tree(str(tmp_path / "in"), lambda p: True))
 
 
+def test_zip64_members_past_4_gib_import_in_place(tmp_path):
+    """Hypersim's scene ZIPs run to several GiB: members whose local headers lie past
+    2**32 (ZIP64 offsets in the central directory, ZIP64 extras in the local headers)
+    are listed, read by ranged reads and imported like any other."""
+    hs, distances = fx.hypersim_files(scene="ai_004_005")
+    depth_files = {k: v for k, v in hs.items() if k.endswith(".depth_meters.hdf5")}
+    zpath = fx.write_zip64_beyond_4gib(tmp_path / "in" / "ai_004_005.zip", hs, first={"ai_004_005/_detail/x.txt": b"x"})
+    assert zpath.stat().st_size > 1 << 32
+    listed = dict(list_tree(str(tmp_path / "in"), lambda p: True))
+    assert set(listed) == set(hs) | {"ai_004_005/_detail/x.txt"}
+    assert all(listed[k].offset > 1 << 32 for k in hs)
+    for key, data in depth_files.items():
+        assert read_source(listed[key]) == data
+    _, records = convert_without_ray("hypersim", tmp_path / "in", tmp_path / "out")
+    assert sum(r["written"] for r in records) == 2 and not errors_by_key(tmp_path / "out")
+    rows = rows_by_key(tmp_path / "out")
+    assert set(rows) == set(distances)
+
+
 @pytest.mark.s3
 def test_archives_on_s3_import_through_ray(storage_root_s3, ray_session, tmp_path):
     hs, distances = fx.hypersim_files(scene="ai_003_001")
