@@ -360,33 +360,26 @@ def test_zip64_members_past_4_gib_import_in_place(tmp_path):
     assert set(rows) == set(distances)
 
 
-@pytest.mark.s3
-def test_archives_on_s3_import_through_ray(storage_root_s3, ray_session, tmp_path):
+@pytest.mark.parametrize("storage_root", [pytest.param("s3", marks=pytest.mark.s3),
+                                          pytest.param("gcs", marks=pytest.mark.gcs)], indirect=True)
+def test_archives_in_object_storage_import_through_ray(storage_root, ray_session, tmp_path):
+    """A Hypersim scene ZIP and VKITTI2 tars in ``s3://`` and ``gs://`` buckets are
+    listed and read in place by the job's Ray tasks; a re-run does nothing."""
     hs, distances = fx.hypersim_files(scene="ai_003_001")
-    zpath = fx.write_zip(tmp_path / "ai_003_001.zip", hs)
-    root = storage_root_s3
-    storage.write_bytes(storage.join(root, "in", "ai_003_001.zip"), zpath.read_bytes())
-    config = ImportConfig(dataset="hypersim", input=storage.join(root, "in"), output=storage.join(root, "out"))
-    summary = run_import(config, **QUIET)
-    assert summary["written"] == 2 and summary["skipped"] == 0
-    rows = rows_by_key(storage.join(root, "out"))
-    assert set(rows) == set(distances)
-    again = run_import(config, **QUIET)
-    assert again["this_run"]["tasks_run"] == 0 and len(rows_by_key(storage.join(root, "out"))) == 2
-
-
-@pytest.fixture
-def storage_root_s3(request, monkeypatch):
-    """A fresh ``s3://`` root on the session S3 server, with the AWS_* variables set."""
-    from fixtures_s3 import REGION
-
-    server = request.getfixturevalue("s3_server")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_access_key)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return f"s3://{server.new_bucket()}/root"
+    vk, depths = fx.vkitti2_files(variants=("fog",), cameras=(0,))
+    root = storage_root.uri
+    storage.write_bytes(storage.join(root, "hs", "ai_003_001.zip"),
+                        fx.write_zip(tmp_path / "ai_003_001.zip", hs).read_bytes())
+    for part in ("rgb", "depth"):
+        tar = fx.write_tar(tmp_path / f"vkitti_2.0.3_{part}.tar", {k: v for k, v in vk.items() if f"/{part}/" in k})
+        storage.write_bytes(storage.join(root, "vk", tar.name), tar.read_bytes())
+    for dataset, sub, keys in (("hypersim", "hs", set(distances)), ("vkitti2", "vk", set(depths))):
+        config = ImportConfig(dataset=dataset, input=storage.join(root, sub), output=storage.join(root, f"out-{sub}"))
+        summary = run_import(config, **QUIET)
+        assert summary["written"] == len(keys) and summary["skipped"] == 0
+        assert set(rows_by_key(config.output)) == keys
+        again = run_import(config, **QUIET)
+        assert again["this_run"]["tasks_run"] == 0 and set(rows_by_key(config.output)) == keys
 
 
 # --------------------------------------------------------------------------- the entry script

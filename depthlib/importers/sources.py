@@ -91,9 +91,15 @@ def _archive_kind(key: str) -> str | None:
 
 
 def _list_zip(uri: str, keep: Callable[[str], bool]) -> list[tuple[str, Source]]:
-    with storage.open_input(uri) as f:
+    """The kept members of a ZIP, from its central directory. ``zipfile`` reads it
+    through the archive readers' window (``depthlib.archives.tar.Window``), which
+    never asks storage for bytes past the end: GCS answers such a ranged read with
+    HTTP 416, which pyarrow's GCS file raises instead of returning short."""
+    from depthlib.archives.tar import Window
+
+    with storage.open_input(uri) as native:
         try:
-            infos = zipfile.ZipFile(f).infolist()
+            infos = zipfile.ZipFile(Window(native)).infolist()
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
             raise ArchiveError(f"{storage.redact(uri)}: not a readable ZIP ({e})") from None
     out = []
