@@ -93,8 +93,9 @@ def _archive_kind(key: str) -> str | None:
 def _list_zip(uri: str, keep: Callable[[str], bool]) -> list[tuple[str, Source]]:
     """The kept members of a ZIP, from its central directory. ``zipfile`` reads it
     through the archive readers' window (``depthlib.archives.tar.Window``), which
-    never asks storage for bytes past the end: GCS answers such a ranged read with
-    HTTP 416, which pyarrow's GCS file raises instead of returning short."""
+    answers a read at the end of the object itself: ``zipfile`` makes one, and
+    pyarrow's GCS file sends it to GCS, whose HTTP 416 it raises as an error
+    (a read that starts inside the object and runs past its end returns short)."""
     from depthlib.archives.tar import Window
 
     with storage.open_input(uri) as native:
