@@ -120,7 +120,13 @@ def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessi
     torchvision's libjpeg-turbo the pixels of a full-size JPEG; Pillow at a reduced DCT scale
     for large JPEGs with ``reduced_decode``), resize (to the model's input), transfer (a
     decoded block through Ray's object store and into the actor's batch, and the labels back
-    to the writer), encode (label encoding and the Parquet shard), write (the shard to storage)."""
+    to the writer), encode (label encoding and the Parquet shard), write (the shard to storage).
+
+    Every stage runs once over all ``paths`` as a warm-up that is not counted: first calls
+    import modules and fill caches (Ray Data's context alone imports for ~0.2 s), which a
+    long job pays once per worker, not per image. Before 2026-12-07 the warm-up was missing
+    and 32 images carried those one-time costs: "transfer" read 7-10 core-ms, about 5 of
+    them imports."""
     import ray
     from ray.data.block import BlockAccessor
 
@@ -138,54 +144,62 @@ def stage_costs(paths: list[Path], input_size: int, batch_size: int, preprocessi
         cost[name] += time.thread_time() - t
         return r
 
-    decoded = []
-    for p in paths:
-        data = timed("read", stage.read, p.name)
-        image, hw = timed("decode", stage.decode, data)
-        decoded.append((p.name, data, hw, timed("resize", stage.resize, image, hw)))
+    def one_pass(tag: str) -> list:
+        decoded = []
+        for p in paths:
+            data = timed("read", stage.read, p.name)
+            image, hw = timed("decode", stage.decode, data)
+            decoded.append((p.name, data, hw, timed("resize", stage.resize, image, hw)))
+        by_shape: dict[tuple, list] = {}
+        for d in decoded:
+            by_shape.setdefault(d[3].shape, []).append(d)
+        for shape, items in by_shape.items():
+            for start in range(0, len(items), batch_size):
+                part = items[start:start + batch_size]
+                block = rows_to_batch({"key": [k for k, *_ in part], "image": [d for _, d, *_ in part],
+                                       "pixels": [x for *_, x in part]}, ())
+
+                def to_actor():  # Ray Data's path: numpy batch -> Arrow block -> object store -> numpy batch
+                    got = ray.get(ray.put(BlockAccessor.batch_to_block(block)))
+                    got = BlockAccessor.for_block(got).to_batch_format("numpy")
+                    return stack_pixels(got["pixels"], *shape[1:])
+
+                x = timed("transfer", to_actor)
+                labels = stand_in_prediction(x)  # label-like maps (smooth, bf16 steps), B x h x w
+                back = rows_to_batch({"label": labels, "image": list(block["image"])}, ())
+
+                def to_writer():
+                    got = ray.get(ray.put(BlockAccessor.batch_to_block(back)))
+                    return BlockAccessor.for_block(got).to_batch_format("numpy")
+
+                timed("transfer", to_writer)
+
+                def encode():
+                    rows = [shards.make_row(k, d, None, lab, depth_type="disparity", kind="pseudo",
+                                            image_size=hw, provenance={"teacher": "bench"})
+                            for (k, d, hw, _), lab in zip(part, labels)]
+                    return shards.table_to_parquet_bytes(shards.rows_to_table(rows))
+
+                data = timed("encode", encode)
+                timed("write", storage.write_bytes, str(out / f"costs-{tag}-{shape[1]}-{start}.parquet"), data)
+        return decoded
+
+    one_pass("warm-up")
+    for k in cost:
+        cost[k] = 0.0
+    decoded = one_pass("timed")
     # the same decodes through Pillow alone (the decoder before torchvision's), not in the total
     from depthlib import images as images_mod
 
     saved, images_mod._JPEG_DECODER = images_mod._JPEG_DECODER, None
     try:
+        stage.decode(decoded[0][1])  # warm-up
         t = time.thread_time()
         for _, data, _, _ in decoded:
             stage.decode(data)
         pillow_decode = time.thread_time() - t
     finally:
         images_mod._JPEG_DECODER = saved
-    by_shape: dict[tuple, list] = {}
-    for d in decoded:
-        by_shape.setdefault(d[3].shape, []).append(d)
-    for shape, items in by_shape.items():
-        for start in range(0, len(items), batch_size):
-            part = items[start:start + batch_size]
-            block = rows_to_batch({"key": [k for k, *_ in part], "image": [d for _, d, *_ in part],
-                                   "pixels": [x for *_, x in part]}, ())
-
-            def to_actor():  # Ray Data's path: numpy batch -> Arrow block -> object store -> numpy batch
-                got = ray.get(ray.put(BlockAccessor.batch_to_block(block)))
-                got = BlockAccessor.for_block(got).to_batch_format("numpy")
-                return stack_pixels(list(got["pixels"]), *shape[1:])
-
-            x = timed("transfer", to_actor)
-            labels = list(stand_in_prediction(x))  # label-like maps (smooth, bf16 steps)
-            back = rows_to_batch({"label": labels, "image": list(block["image"])}, ())
-
-            def to_writer():
-                got = ray.get(ray.put(BlockAccessor.batch_to_block(back)))
-                return BlockAccessor.for_block(got).to_batch_format("numpy")
-
-            timed("transfer", to_writer)
-
-            def encode():
-                rows = [shards.make_row(k, d, None, lab, depth_type="disparity", kind="pseudo", image_size=hw,
-                                        provenance={"teacher": "bench"})
-                        for (k, d, hw, _), lab in zip(part, labels)]
-                return shards.table_to_parquet_bytes(shards.rows_to_table(rows))
-
-            data = timed("encode", encode)
-            timed("write", storage.write_bytes, str(out / f"costs-{shape[1]}-{start}.parquet"), data)
     return {k: 1000 * v / len(paths) for k, v in cost.items()}, 1000 * pillow_decode / len(paths)
 
 
@@ -225,7 +239,7 @@ def stand_in_runs(args, bs: int) -> dict:
         result["jpeg_bytes_per_pixel"] = round(float(np.mean([p.stat().st_size for p in paths[:16]])
                                                      / np.mean(mp) / 1e6), 3)
         ray.init(num_cpus=args.cpus or os.cpu_count(), num_gpus=1, include_dashboard=False, log_to_driver=False)
-        costs, pillow_decode = stage_costs(paths[:32], args.input_size, bs, args.preprocessing, tmp)
+        costs, pillow_decode = stage_costs(paths[:96], args.input_size, bs, args.preprocessing, tmp)
         total = sum(costs.values())
         result["core_ms_per_image"] = {k: round(v, 2) for k, v in costs.items()}
         result["decode_core_ms_pillow_alone"] = round(pillow_decode, 2)
@@ -235,15 +249,91 @@ def stand_in_runs(args, bs: int) -> dict:
         warnings = memory_warnings()
         runs = []
         for i, rate in enumerate(args.stand_in):
-            whole, steady = ray_job(tmp / "images", "stand-in", "vits", args.input_size, bs, "bf16",
-                                    tmp / f"job-{i}", args.partition_size or 32, stand_in_actor(rate),
-                                    preprocessing=args.preprocessing, keys_per_task=args.keys_per_task)
+            whole, steady, job_core_ms = ray_job(
+                tmp / "images", "stand-in", "vits", args.input_size, bs, "bf16", tmp / f"job-{i}",
+                args.partition_size or 32, stand_in_actor(rate), preprocessing=args.preprocessing,
+                keys_per_task=args.keys_per_task)
             runs.append({"stand_in_img_s": rate, "job_img_s": round(whole, 2), "job_steady_img_s": round(steady, 2),
                          "steady_job_over_stand_in": round(steady / rate, 3),
-                         "cores_per_gpu_at_this_rate": round(rate * total / 1000, 1)})
+                         "job_core_ms_per_image_steady": round(job_core_ms, 2),
+                         "cores_per_gpu_at_this_rate": round(rate * job_core_ms / 1000, 1)})
         result["runs"] = runs
         result["ray_data_memory_warnings"] = warnings
     return result
+
+
+def process_tree_cpu(root: int | None = None) -> dict[int, tuple[float, str]]:
+    """{pid: (CPU seconds, command line)} of ``root`` (default: this process) and every process
+    below it, read from ``/proc`` (Linux): user + system time, plus that of children already
+    waited for. A local Ray cluster lives under its driver: GCS, raylet, dashboard agents and
+    every worker (whose command line is its process title, e.g. ``ray::MapWorker(...)``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        # after the command's ")": state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based
+        stats[int(entry.name)] = (int(fields[1]), sum(int(v) for v in fields[11:15]) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, [root or os.getpid()]
+    while todo:
+        pid = todo.pop()
+        if pid not in stats:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = ""
+        out[pid] = (stats[pid][1], cmd)
+        todo += children.get(pid, [])
+    return out
+
+
+class CpuSampler:
+    """Samples :func:`process_tree_cpu` every ``period`` s on a thread, to attribute the CPU of a
+    whole local Ray job (every process, Ray's own included) to a window of time."""
+
+    def __init__(self, period: float = 0.1):
+        import threading
+
+        self.samples: list[tuple[float, dict[int, tuple[float, str]]]] = []
+        self.period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), process_tree_cpu()))
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def cpu_between(self, t0: float, t1: float, exclude: str = "") -> tuple[float, float]:
+        """(CPU seconds of every process between the last sample at or before ``t0`` and the
+        first at or after ``t1``, that window's length): processes whose command line contains
+        ``exclude`` are left out; a process born inside the window counts from zero."""
+        before = max((s for s in self.samples if s[0] <= t0), key=lambda s: s[0], default=self.samples[0])
+        after = min((s for s in self.samples if s[0] >= t1), key=lambda s: s[0], default=self.samples[-1])
+        total = 0.0
+        for pid, (cpu, cmd) in after[1].items():
+            if exclude and exclude in cmd:
+                continue
+            total += cpu - before[1].get(pid, (0.0, ""))[0]
+        return total, after[0] - before[0]
 
 
 def timed_actor(actor_class, log: Path):
@@ -266,11 +356,14 @@ def timed_actor(actor_class, log: Path):
 
 
 def ray_job(image_dir: Path, checkpoint: str, encoder: str, input_size: int, batch_size: int, dtype: str,
-            out: Path, partition_size: int, actor_class=None, **settings) -> tuple[float, float]:
-    """(images/s over the whole job, images/s in steady state). Steady state: the images
-    of every forward pass over the time from the first pass queued to the last one's output
-    back on the host (worker start-up and model loading excluded, which a long job amortises;
-    partition commit times are not used: they arrive in bunches)."""
+            out: Path, partition_size: int, actor_class=None, **settings) -> tuple[float, float, float]:
+    """(images/s over the whole job, images/s in steady state, core-ms per image in steady
+    state). Steady state: the images of every forward pass over the time from the first
+    pass queued to the last one's output back on the host (worker start-up and model loading
+    excluded, which a long job amortises; partition commit times are not used: they arrive
+    in bunches). Core-ms per image: the CPU time of every process of the local cluster (the
+    driver, GCS, raylet, agents, every worker) in that window but the model actor's, over the
+    images the window labels: the job's whole feeding cost, Ray's own included."""
     import ray
 
     from depthlib.pseudo_label import PseudoLabelConfig, run_pseudo_label
@@ -283,10 +376,16 @@ def ray_job(image_dir: Path, checkpoint: str, encoder: str, input_size: int, bat
                             encoder=encoder, input_size=input_size, batch_size=batch_size, dtype=dtype,
                             partition_size=partition_size, samples=0, **settings)
     log = out.parent / f"{out.name}-passes.txt"
-    summary = run_pseudo_label(cfg, log=lambda *_: None, actor_class=timed_actor(actor_class or LabelActor, log))
+    with CpuSampler() as cpu:
+        summary = run_pseudo_label(cfg, log=lambda *_: None,
+                                   actor_class=timed_actor(actor_class or LabelActor, log))
     passes = np.loadtxt(log, ndmin=2)
-    steady = passes[:, 2].sum() / (passes[:, 1].max() - passes[:, 0].min())
-    return summary["this_run"]["images_per_s"], float(steady)
+    t0, t1 = passes[:, 0].min(), passes[:, 1].max()
+    steady = passes[:, 2].sum() / (t1 - t0)
+    # perf_counter is CLOCK_MONOTONIC on Linux: the actor's pass times and the sampler's agree
+    feeding_s, window_s = cpu.cpu_between(t0, t1, exclude="LabelActor")
+    core_ms = 1000 * feeding_s / (steady * window_s)  # CPU per image at the steady rate
+    return summary["this_run"]["images_per_s"], float(steady), float(core_ms)
 
 
 def model_alone(encoder: str, input_size: int, batch_size: int, dtype: str, shape: tuple[int, int],
@@ -342,7 +441,7 @@ def main() -> None:
         ckpt = str(tmp / "teacher.pth")
         export_released(build_model(args.encoder), ckpt)
         a = bare_loop(paths, ckpt, args.encoder, args.input_size, bs, args.dtype, tmp, args.preprocessing)
-        b, b_steady = ray_job(tmp / "images", ckpt, args.encoder, args.input_size, bs, args.dtype, tmp / "job",
+        b, b_steady, _ = ray_job(tmp / "images", ckpt, args.encoder, args.input_size, bs, args.dtype, tmp / "job",
                               args.partition_size or max(1, args.images // 8), preprocessing=args.preprocessing,
                               keys_per_task=args.keys_per_task, compile=args.compile)
         result = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",

@@ -187,6 +187,46 @@ def test_fast_preprocessing_and_reduced_decode_without_ray(tmp_path):
         DecodePartition(str(tmp_path), INPUT_SIZE, 50_000_000, reduced_decode=True)
 
 
+def test_model_inputs_reach_the_model_without_copies_and_give_the_same_labels(teacher):
+    """A fixed-shape tensor column reaches the model as slices of itself (no per-row copy); rows
+    around a skipped one, or rows of two shapes, take the per-row path; both give the same labels."""
+    from depthlib.pseudo_label.stages import LabelActor, NO_LABEL, stack_pixels, tensor_column
+
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, (6, 3, 70, 84), dtype=np.uint8)
+    assert tensor_column(same) is same
+    assert np.shares_memory(stack_pixels(same[1:4], 70, 84), same)
+    with pytest.raises(ValueError, match="not a 3 x 70 x 98 uint8 or float32"):
+        stack_pixels(same, 70, 98)
+    with pytest.raises(ValueError, match="int16"):
+        stack_pixels(same.astype(np.int16), 70, 84)
+
+    actor = LabelActor(teacher, "tiny", dtype="fp32", batch_size=4)
+    seen = []
+    forward = actor.forward
+    actor.forward = lambda x: (seen.append(x), forward(x))[1]
+
+    def batch(pixels, errors):
+        n = len(pixels)
+        return {"key": np.array([f"k{i}" for i in range(n)], dtype=object), "pixels": pixels,
+                "in_h": np.array([p.shape[1] for p in pixels]), "in_w": np.array([p.shape[2] for p in pixels]),
+                "error": np.array(errors, dtype=object), "detail": np.array([""] * n, dtype=object)}
+
+    fast = actor(batch(same, [""] * 6))
+    assert [x.shape[0] for x in seen] == [4, 2] and all(np.shares_memory(x, same) for x in seen)
+    expected = actor.infer(same)
+    assert fast["label"].shape == (6, 70, 84) and np.array_equal(fast["label"], expected)
+    # a skipped row in the middle: the rows around it are not consecutive, so they are gathered
+    seen.clear()
+    mixed = list(same[:3]) + [np.zeros((3, 0, 0), np.uint8)] + list(same[3:])
+    out = actor(batch(tensor_column(mixed), ["", "", "", "decode_error", "", "", ""]))
+    assert not any(np.shares_memory(x, same) for x in seen)
+    labels = list(out["label"])
+    assert labels[3].shape == NO_LABEL.shape and out["error"][3] == "decode_error"
+    # other pass sizes (4 + 2 rows here, 3 + 3 before): equal up to float32 summation order
+    assert all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(labels[:3] + labels[4:], expected))
+
+
 @all_backends
 def test_pseudo_label_counts_and_values(ray_session, storage_root, teacher):
     root = storage_root.uri

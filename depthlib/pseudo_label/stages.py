@@ -63,10 +63,13 @@ INT_COLUMNS = ("pid", "image_h", "image_w", "in_h", "in_w")
 TENSOR_COLUMNS = ("pixels", "label")
 
 
-def tensor_column(arrays: list[np.ndarray]) -> np.ndarray:
+def tensor_column(arrays: list[np.ndarray] | np.ndarray) -> np.ndarray:
     """Arrays -> one stacked array when they share shape and dtype (a fixed-shape tensor
-    column), else an object array of them (a variable-shaped one)."""
-    if arrays and all(a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays):
+    column), else an object array of them (a variable-shaped one). An already stacked
+    array (``N x ...``, not of objects) is returned as it is, without a copy."""
+    if isinstance(arrays, np.ndarray) and arrays.dtype != object:
+        return arrays
+    if len(arrays) and all(a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays):
         return np.stack(arrays)
     out = np.empty(len(arrays), dtype=object)
     for i, a in enumerate(arrays):
@@ -349,7 +352,7 @@ class LabelActor:
             for start in range(0, len(idx), self.batch_size):
                 part = idx[start:start + self.batch_size]
                 try:
-                    handle = self.forward(stack_pixels([batch["pixels"][i] for i in part], h, w))
+                    handle = self.forward(stack_pixels(_rows_of(batch["pixels"], part), h, w))
                 except Exception as e:  # e.g. out of memory: record, keep the job alive
                     failed(part, f"{type(e).__name__}: {e}")
                     continue
@@ -366,9 +369,24 @@ class LabelActor:
 NO_LABEL = np.zeros((0, 0), np.float32)  # the label of a skipped row
 
 
-def stack_pixels(items: list, h: int, w: int) -> np.ndarray:
+def _rows_of(column: np.ndarray, rows: list[int]):
+    """Rows ``rows`` of a column: a slice (a view, no copy) of a fixed-shape tensor column when
+    they are consecutive, else a list of the rows."""
+    if column.dtype != object and rows == list(range(rows[0], rows[-1] + 1)):
+        return column[rows[0]:rows[-1] + 1]
+    return [column[i] for i in rows]
+
+
+def stack_pixels(items: list | np.ndarray, h: int, w: int) -> np.ndarray:
     """``B x 3 x h x w`` from :func:`model_input` outputs, as arrays or as their bytes
-    (uint8: ``3hw`` bytes, float32: ``12hw``); one batch holds one format."""
+    (uint8: ``3hw`` bytes, float32: ``12hw``); one batch holds one format. A ``B x 3 x h x w``
+    uint8 or float32 array (a slice of a fixed-shape tensor column) comes back without a copy
+    when it is contiguous."""
+    if isinstance(items, np.ndarray) and items.dtype != object:
+        if items.shape[1:] != (3, h, w) or items.dtype not in (np.uint8, np.float32):
+            raise ValueError(f"pixels of {items.dtype} {items.shape[1:]} are not a 3 x {h} x {w} uint8 or "
+                             "float32 input")
+        return np.ascontiguousarray(items)
     first = items[0]
     dtype = first.dtype if isinstance(first, np.ndarray) else (np.uint8 if len(first) == 3 * h * w else np.float32)
     out = np.empty((len(items), 3, h, w), dtype)
