@@ -13,8 +13,10 @@ sensor grain, 960x1280, 1280x960, 1080x1920). It prints, for each rate, the
 job's steady-state images/s over the rate (how busy a GPU of that speed
 would be), and once, the CPU core-milliseconds per image of each CPU stage
 (read, decode, resize, transfer, encode, write; the job's own functions
-timed in this process on the same images), and the cores per GPU that
-follow. Ray Data's memory warnings during the run are counted (the job's
+timed in this process on the same images, after an untimed warm-up pass),
+the whole job's CPU per image in steady state (every process of the local
+cluster, from ``/proc``, the stand-in actor left out), and the cores per
+GPU that follow. Ray Data's memory warnings during the run are counted (the job's
 memory reservations should leave none).
 
 (a) bare loop: read, decode, preprocess, forward (same-shape batches), encode,
