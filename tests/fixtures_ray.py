@@ -19,7 +19,10 @@ import pytest
 # the suite starts about 40 runs. (Ray's own tests poll every 0.1 s.) Set when
 # pytest loads this plugin, before any ray.init: the local cluster's processes
 # inherit it. Tests that start Ray processes of their own pass it on.
-TEST_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# Each run also starts a PreemptionWatcher actor (one more Python process, a few
+# seconds of a 2-core machine's CPU) that only acts on a cloud's spot-preemption
+# notice, which never comes here: off.
+TEST_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 for _key, _value in TEST_RAY_ENV.items():
     os.environ.setdefault(_key, _value)
 

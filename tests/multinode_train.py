@@ -57,18 +57,18 @@ def main(bucket: str) -> None:
         make_synthetic(MakeSyntheticConfig(output=data, count=96, size="126x126", seed=5, scenes_per_task=32),
                        progress=False)
         cfg = TrainConfig(**{**PRESETS["tiny_cpu"], "stage": "teacher", "data": [f"{data}/shards"],
-                             "output": f"s3://{bucket}/run", "encoder": "tiny", "workers": 2, "steps": 30,
-                             "batch_size": 4, "crop": 126, "checkpoint_every": 10, "log_every": 10,
+                             "output": f"s3://{bucket}/run", "encoder": "tiny", "workers": 2, "steps": 15,
+                             "batch_size": 4, "crop": 126, "checkpoint_every": 5, "log_every": 5,
                              "val_every": 1000, "keep_checkpoints": 1, "cpus_per_worker": 1.5, "data_cpus": 0.5,
                              "max_failures": 2})
         seen: dict = {}
 
         def lose_a_node() -> None:
-            # once Ray Train has registered the step-10 checkpoint (what a restart resumes from)
+            # once Ray Train has registered the step-5 checkpoint (what a restart resumes from)
             key = f"run/{RUN_NAME}/checkpoint_manager_snapshot.json"
             while True:
                 try:
-                    if "step-00000010" in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode():
+                    if "step-00000005" in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode():
                         break
                 except s3.exceptions.NoSuchKey:
                     pass
@@ -87,9 +87,9 @@ def main(bucket: str) -> None:
                                   s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"run/{RUN_NAME}/step-")
                                   for o in page.get("Contents", []))
         # the same command with more steps trains on from the final checkpoint
-        longer = run_training(TrainConfig(**{**cfg.to_dict(), "steps": 40}), log=lambda m: print(m, flush=True),
+        longer = run_training(TrainConfig(**{**cfg.to_dict(), "steps": 20}), log=lambda m: print(m, flush=True),
                               start_retries=3)
-        final_state = s3.get_object(Bucket=bucket, Key=f"run/{RUN_NAME}/step-00000040/train_state.json")
+        final_state = s3.get_object(Bucket=bucket, Key=f"run/{RUN_NAME}/step-00000020/train_state.json")
         print("RESULT " + json.dumps({
             "finished_step": summary.get("finished_step"), "rows": rows,
             "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"]), "checkpoint_files": checkpoint_files,

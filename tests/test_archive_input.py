@@ -4,7 +4,7 @@ One input prefix holds every kind of container the job reads: a plain tar with
 SA-1B's ``.json`` beside each image and a corrupt member, a ``.tar.gz``, a tar
 of tars (ImageNet-21K), a tar cut off inside a member, a Parquet file with Hugging
 Face's ``{bytes, path}`` image struct (one row without bytes), one with a plain
-binary column, and a loose image. Checked: the entries and their bytes without
+binary column, LSUN's LMDB (``data.mdb`` and its ``lock.mdb``), and a loose image. Checked: the entries and their bytes without
 Ray, then the job on a local directory and on a real S3 server (ranged reads of
 the plain tar, a streamed read of the gzip one): every image once with its
 bytes unchanged, every bad entry a skip with its reason; and a driver killed
@@ -67,6 +67,21 @@ def _parquet(column: pa.Array, row_group_size: int) -> bytes:
     return buf.getvalue()
 
 
+def lmdb_files(items: dict[bytes, bytes], **open_kw) -> tuple[bytes, bytes]:
+    """(``data.mdb``, ``lock.mdb``) of an LMDB holding ``items``, written by the ``lmdb`` package."""
+    import tempfile
+
+    import lmdb
+
+    with tempfile.TemporaryDirectory() as d:
+        env = lmdb.open(d, map_size=1 << 26, **open_kw)
+        with env.begin(write=True) as txn:
+            for k, v in items.items():
+                txn.put(k, v)
+        env.close()
+        return (Path(d) / "data.mdb").read_bytes(), (Path(d) / "lock.mdb").read_bytes()
+
+
 def make_containers() -> tuple[dict[str, bytes], dict[str, bytes], dict[str, str]]:
     """(objects to upload, expected image bytes by key, expected skip reason by key)."""
     objects: dict[str, bytes] = {}
@@ -107,6 +122,11 @@ def make_containers() -> tuple[dict[str, bytes], dict[str, bytes], dict[str, str
     objects["hf/plain.parquet"] = _parquet(pa.array([_jpeg(60), _jpeg(61)], pa.binary()), row_group_size=1)
     good.update({"hf/plain.parquet/0": _jpeg(60), "hf/plain.parquet/1": _jpeg(61)})
 
+    # LSUN: an LMDB keyed by 40 hex digits; small values sit in leaf pages, a large one in overflow pages
+    lsun = {f"{i:040x}".encode(): _jpeg(90 + i, *((120, 160) if i == 1 else (24, 32))) for i in range(3)}
+    objects["lsun/bedroom_train_lmdb/data.mdb"], objects["lsun/bedroom_train_lmdb/lock.mdb"] = lmdb_files(lsun)
+    good.update({f"lsun/bedroom_train_lmdb/data.mdb/{k.decode()}": v for k, v in lsun.items()})
+
     objects["loose/one.jpg"] = _jpeg(70)
     good["loose/one.jpg"] = _jpeg(70)
     return objects, good, bad
@@ -143,7 +163,8 @@ def test_entries_and_bytes_without_ray(tmp_path):
     kinds = {e[0]: json.loads(e[1])[0] for e in entries if not isinstance(e, str)}
     assert kinds["in21k/winter21.tar/n02.tar/n02_1.JPEG"] == "r" and kinds["sa1b/sa_000000.tar/sa_1.jpg"] == "r"
     assert kinds["gldv2/images_000.tar.gz/0/1/00.jpg"] == "s" and kinds["hf/plain.parquet/1"] == "p"
-    assert kinds["broken/cut.tar"] == "x"
+    assert kinds["broken/cut.tar"] == "x" and kinds[f"lsun/bedroom_train_lmdb/data.mdb/{1:040x}"] == "r"
+    assert not any("lock.mdb" in k for k in kinds)  # an LMDB's lock file holds no images
     # what reading gives: the members' bytes, and skips for what a container cannot give
     assert {k: reasons[k] for k in reasons} == {"broken/cut.tar/cut.jpg": "truncated",
                                                 "broken/cut.tar": "truncated_archive",

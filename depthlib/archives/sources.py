@@ -3,27 +3,31 @@ for the plan, and reading entries back on workers.
 
 **Which objects are containers** (:func:`container_kind`, by the object's name,
 case-insensitive): ``.tar``, ``.tar.gz`` and ``.tgz`` are tar archives, ``.parquet``
-files are tables with an image column; any other object is a loose image, as
-before. One input prefix may mix all three. A ``--manifest`` names loose objects
-only.
+files are tables with an image column, ``.mdb`` and ``.lmdb`` files are LMDB
+databases whose values are images (LSUN's ``data.mdb``); any other object is a
+loose image, as before. One input prefix may mix them all. An LMDB's lock file
+(``lock.mdb``, ``*.lmdb-lock``) holds no data and is left out of the plan. A
+``--manifest`` names loose objects only.
 
 **Plan entries** (:func:`plan_entries`, on the driver, while the plan is frozen):
 a loose object is its key; every image member of a tar is ``ARCHIVE/MEMBER``
-(``ARCHIVE/INNER.tar/MEMBER`` through a tar of tars) and every row of a Parquet
-file ``FILE/ROW`` (``ARCHIVE``, ``FILE``: the object's path relative to the input
-prefix), each with a *locator*, a short JSON list stored beside the key in the
-plan:
+(``ARCHIVE/INNER.tar/MEMBER`` through a tar of tars), every row of a Parquet
+file ``FILE/ROW`` and every value of an LMDB ``FILE/KEY`` (``ARCHIVE``, ``FILE``:
+the object's path relative to the input prefix), each with a *locator*, a short
+JSON list stored beside the key in the plan:
 
 =================================  ==============================================
-``["r", ARCHIVE, OFFSET, SIZE]``   plain tar: the member's bytes, one ranged read
+``["r", ARCHIVE, OFFSET, SIZE]``   plain tar or LMDB: the member's or value's
+                                   bytes, one ranged read
 ``["s", ARCHIVE, MEMBER]``         compressed tar: stream the archive to MEMBER
 ``["p", FILE, ROW]``               a Parquet row
 ``["x", REASON, DETAIL]``          a container (or the part of one) that cannot be
                                    read: the key is the container; always a skip
 =================================  ==============================================
 
-Indexing reads only tar headers of a plain tar (ranged reads) and the footer of
-a Parquet file; a compressed tar is decompressed once, streamed. Containers are
+Indexing reads only tar headers of a plain tar (ranged reads), the footer of a
+Parquet file and the B+tree pages of an LMDB (:mod:`depthlib.archives.lmdb`,
+ranged reads, no ``lmdb`` package); a compressed tar is decompressed once, streamed. Containers are
 indexed in parallel (:func:`plan_entries`). A storage error while
 indexing fails the job before the plan is frozen (a rerun indexes again); a
 damaged container becomes an ``x`` entry, so it is recorded, never lost.
@@ -43,10 +47,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from depthlib import storage
+from depthlib.archives import lmdb as lmdb_mod
 from depthlib.archives import parquet as parquet_mod
 from depthlib.archives import tar as tar_mod
 
 PARQUET_SUFFIXES = (".parquet",)
+LMDB_SUFFIXES = (".mdb", ".lmdb")
+LMDB_LOCK_NAMES = ("lock.mdb",)
+LMDB_LOCK_SUFFIXES = (".lmdb-lock", "/lock.mdb")
 INDEX_THREADS = 8  # containers indexed at once by the driver (ranged header reads wait on the network)
 COALESCE_GAP = 1 << 20  # neighbouring tar members closer than this are fetched by one ranged read ...
 COALESCE_SPAN = 64 << 20  # ... of at most this many bytes
@@ -58,12 +66,17 @@ CONTAINER_SKIP_REASONS = ("corrupt_archive", "truncated_archive", "no_image_colu
 
 
 def container_kind(key: str) -> str | None:
-    """``"tar"``, ``"parquet"`` or None (a loose image), from the object's name."""
+    """``"tar"``, ``"parquet"``, ``"lmdb"``, ``"lmdb_lock"`` (an LMDB's lock file: no data)
+    or None (a loose image), from the object's name."""
     low = key.lower()
     if low.endswith(tar_mod.ARCHIVE_SUFFIXES):
         return "tar"
     if low.endswith(PARQUET_SUFFIXES):
         return "parquet"
+    if low in LMDB_LOCK_NAMES or low.endswith(LMDB_LOCK_SUFFIXES):
+        return "lmdb_lock"
+    if low.endswith(LMDB_SUFFIXES):
+        return "lmdb"
     return None
 
 
@@ -96,6 +109,14 @@ def index_container(uri: str, key: str, kind: str, image_column: str = "image",
             return out
         for row in range(n_rows):
             add(f"{key}/{row}", ["p", key, row])
+        return out
+    if kind == "lmdb":
+        with storage.open_input(uri, s3) as f:
+            for item in lmdb_mod.walk(f):
+                if isinstance(item, tar_mod.Damage):
+                    add(f"{key}/{item.where}" if item.where else key, ["x", item.reason, item.detail])
+                else:
+                    add(f"{key}/{lmdb_mod.key_name(item.key)}", ["r", key, item.offset, item.size])
         return out
     with storage.open_input(uri, s3) as f:
         compressed = bytes(f.read_at(2, 0)) == tar_mod.GZIP_MAGIC
@@ -131,6 +152,8 @@ def plan_entries(input_uri: str, manifest: str | None = None, image_column: str 
         window: collections.deque = collections.deque()
         for obj in storage.list_objects(input_uri, s3=s3):
             kind = container_kind(obj.key)
+            if kind == "lmdb_lock":
+                continue
             job = None if kind is None else indexer.submit(obj.uri, obj.key, kind, image_column)
             window.append((obj.key, job))
             while len(window) > 2 * indexer.width or (window and window[0][1] is None):
