@@ -183,52 +183,84 @@ def _leaf_values(page: bytes, pgno: int, psize: int, file_size: int) -> Iterator
             yield Value(key, offset, size)
 
 
-def walk(native: Any, threads: int = READ_THREADS) -> Iterator[Value | Damage]:
-    """Every value of the main database in key order, or a :class:`Damage` for what cannot
-    be read: ``where`` "" (the whole file or a part of its tree; the rest is still
-    reported) or a key's name (its value lies past the end of a truncated file)."""
+def tree_leaves(native: Any, threads: int = READ_THREADS) -> tuple[Meta | None, list[int], list[Damage]]:
+    """(the current meta, the leaf pages of the main database in key order, damage found on the
+    way): the branch levels only are read, so a caller can spread the leaves over tasks
+    (:func:`leaf_values`). Meta is None when the file cannot be read at all."""
     try:
         meta = read_meta(native)
     except LmdbError as e:
-        yield Damage("", e.reason, e.detail)
-        return
+        return None, [], [Damage("", e.reason, e.detail)]
     if meta.root == P_INVALID:
-        return
+        return meta, [], []
     psize, file_size = meta.page_size, native.size()
-    file_pages = file_size // psize
+    damage: list[Damage] = []
     seen: set[int] = set()
     level = [meta.root]
     with ThreadPoolExecutor(threads) as pool:
-        for _ in range(max(1, meta.depth) + 1):  # a B+tree of depth d has d levels; one more finds a cycle
-            if not level:
-                return
+        for _ in range(max(1, meta.depth) - 1):  # the levels above the leaves
             below: list[int] = []
             for start in range(0, len(level), PAGES_PER_ROUND):
                 chunk = level[start:start + PAGES_PER_ROUND]
-                pages = _read_pages(native, psize, file_pages, chunk, pool)
+                pages = _read_pages(native, psize, file_size // psize, chunk, pool)
                 for pgno in chunk:
                     page = pages.get(pgno)
                     if pgno in seen:
-                        yield Damage("", "corrupt_archive", f"page {pgno} is reached twice (a cycle in the tree)")
+                        damage.append(Damage("", "corrupt_archive", f"page {pgno} is reached twice (a cycle)"))
                         continue
                     seen.add(pgno)
                     if page is None:
-                        yield Damage("", "truncated_archive",
-                                     f"page {pgno} of the tree lies past the end of the file ({file_size} bytes)")
+                        damage.append(Damage("", "truncated_archive", f"page {pgno} of the tree lies past the end "
+                                                                      f"of the file ({file_size} bytes)"))
                         continue
-                    flags = struct.unpack_from("<H", page, 10)[0]
                     try:
-                        if flags & P_LEAF2:
-                            raise LmdbError("corrupt_archive", "fixed-size duplicate pages are not read")
-                        if flags & P_BRANCH:
-                            below += [lo | hi << 16 | fl << 32 for _, lo, hi, fl, _ in _nodes(page, pgno)]
-                        elif flags & P_LEAF:
-                            yield from _leaf_values(page, pgno, psize, file_size)
-                        else:
-                            raise LmdbError("corrupt_archive", f"page {pgno} is neither a branch nor a leaf "
-                                                              f"(flags {flags:#x})")
+                        if not struct.unpack_from("<H", page, 10)[0] & P_BRANCH:
+                            raise LmdbError("corrupt_archive", f"page {pgno} should be a branch page "
+                                                               f"(the tree's depth is {meta.depth})")
+                        below += [lo | hi << 16 | fl << 32 for _, lo, hi, fl, _ in _nodes(page, pgno)]
                     except LmdbError as e:
-                        yield Damage("", e.reason, e.detail)
+                        damage.append(Damage("", e.reason, e.detail))
             level = below
-        if level:
-            yield Damage("", "corrupt_archive", f"the tree is deeper than its meta says ({meta.depth})")
+    leaves = [p for p in level if p not in seen]
+    if len(leaves) != len(level) or len(set(leaves)) != len(leaves):
+        damage.append(Damage("", "corrupt_archive", "a leaf page is reached twice (a cycle)"))
+        leaves = list(dict.fromkeys(leaves))
+    return meta, leaves, damage
+
+
+def leaf_values(native: Any, page_size: int, leaves: list[int], threads: int = READ_THREADS
+                ) -> Iterator[Value | Damage]:
+    """The values on leaf pages ``leaves`` (from :func:`tree_leaves`), in that order; a
+    :class:`Damage` for a leaf page that cannot be read (``where`` ``@page-N``) or a value
+    past the end of a truncated file (``where`` its key's name)."""
+    file_size = native.size()
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(leaves), PAGES_PER_ROUND):
+            chunk = leaves[start:start + PAGES_PER_ROUND]
+            pages = _read_pages(native, page_size, file_size // page_size, chunk, pool)
+            for pgno in chunk:
+                page = pages.get(pgno)
+                if page is None:
+                    yield Damage(f"@page-{pgno}", "truncated_archive",
+                                 f"leaf page {pgno} lies past the end of the file ({file_size} bytes)")
+                    continue
+                flags = struct.unpack_from("<H", page, 10)[0]
+                try:
+                    if flags & P_LEAF2:
+                        raise LmdbError("corrupt_archive", "fixed-size duplicate pages are not read")
+                    if not flags & P_LEAF:
+                        raise LmdbError("corrupt_archive", f"page {pgno} should be a leaf page (flags {flags:#x})")
+                    yield from _leaf_values(page, pgno, page_size, file_size)
+                except LmdbError as e:
+                    yield Damage(f"@page-{pgno}", e.reason, e.detail)
+
+
+def walk(native: Any, threads: int = READ_THREADS) -> Iterator[Value | Damage]:
+    """Every value of the main database in key order, or a :class:`Damage` for what cannot
+    be read: ``where`` "" (the whole file or a branch of its tree), ``@page-N`` (a leaf page)
+    or a key's name (its value lies past the end of a truncated file); the rest is still
+    reported."""
+    meta, leaves, damage = tree_leaves(native, threads)
+    yield from damage
+    if meta is not None:
+        yield from leaf_values(native, meta.page_size, leaves, threads)

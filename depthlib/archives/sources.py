@@ -58,6 +58,7 @@ LMDB_LOCK_SUFFIXES = (".lmdb-lock", "/lock.mdb")
 INDEX_THREADS = 8  # containers indexed at once by the driver (ranged header reads wait on the network)
 COALESCE_GAP = 1 << 20  # neighbouring tar members closer than this are fetched by one ranged read ...
 COALESCE_SPAN = 64 << 20  # ... of at most this many bytes
+LMDB_LEAVES_PER_TASK = 256  # leaf pages of an LMDB indexed by one task (~18K of LSUN's values)
 STREAM_BUFFER = 8 << 20  # a streamed (gzip) archive is fetched in reads of this size, not one GET per gzip chunk
 _PARQUET_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
@@ -84,9 +85,26 @@ def dump_locator(loc: list) -> str:
     return json.dumps(loc, separators=(",", ":"))
 
 
+def lmdb_parts(uri: str, key: str, s3: storage.S3Config | None = None
+               ) -> tuple[list[tuple[str, str]], list[tuple[int, list[int]]]]:
+    """(entries for damage above an LMDB's leaves, ``[(page size, leaf pages), ...]``): its
+    branch pages are read here; each part's values are then indexed by one task
+    (:func:`index_container` with ``part``), so a 3M-image LSUN file is indexed in parallel
+    and no task returns millions of entries."""
+    with storage.open_input(uri, s3) as f:
+        meta, leaves, damage = lmdb_mod.tree_leaves(f)
+    entries = [(key, dump_locator(["x", d.reason, d.detail])) for d in damage[:1]]
+    if meta is None:
+        return entries, []
+    return entries, [(meta.page_size, leaves[i:i + LMDB_LEAVES_PER_TASK])
+                     for i in range(0, len(leaves), LMDB_LEAVES_PER_TASK)]
+
+
 def index_container(uri: str, key: str, kind: str, image_column: str = "image",
-                    s3: storage.S3Config | None = None) -> list[tuple[str, str]]:
-    """``[(entry key, locator JSON), ...]`` of the container ``key`` at ``uri``, in its order."""
+                    s3: storage.S3Config | None = None,
+                    part: tuple[int, list[int]] | None = None) -> list[tuple[str, str]]:
+    """``[(entry key, locator JSON), ...]`` of the container ``key`` at ``uri``, in its order
+    (of an LMDB with ``part`` from :func:`lmdb_parts`: the values on those leaf pages)."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
 
@@ -112,7 +130,8 @@ def index_container(uri: str, key: str, kind: str, image_column: str = "image",
         return out
     if kind == "lmdb":
         with storage.open_input(uri, s3) as f:
-            for item in lmdb_mod.walk(f):
+            items = lmdb_mod.walk(f) if part is None else lmdb_mod.leaf_values(f, *part)
+            for item in items:
                 if isinstance(item, tar_mod.Damage):
                     add(f"{key}/{item.where}" if item.where else key, ["x", item.reason, item.detail])
                 else:
@@ -154,10 +173,15 @@ def plan_entries(input_uri: str, manifest: str | None = None, image_column: str 
             kind = container_kind(obj.key)
             if kind == "lmdb_lock":
                 continue
-            job = None if kind is None else indexer.submit(obj.uri, obj.key, kind, image_column)
-            window.append((obj.key, job))
-            while len(window) > 2 * indexer.width or (window and window[0][1] is None):
-                yield from _drain(window.popleft(), indexer)
+            if kind == "lmdb":
+                damage, parts = lmdb_parts(obj.uri, obj.key, indexer.s3)
+                jobs = [damage] + [indexer.submit(obj.uri, obj.key, kind, image_column, part) for part in parts]
+            else:
+                jobs = [None if kind is None else indexer.submit(obj.uri, obj.key, kind, image_column)]
+            for job in jobs:
+                window.append((obj.key, job))
+                while len(window) > 2 * indexer.width or (window and isinstance(window[0][1], (list, type(None)))):
+                    yield from _drain(window.popleft(), indexer)
         while window:
             yield from _drain(window.popleft(), indexer)
 
@@ -186,11 +210,11 @@ class _Indexer:
             self.width = threads
         self.pending: dict = {}  # id -> job not yet drained (cancelled if the plan stops early)
 
-    def submit(self, uri: str, key: str, kind: str, image_column: str):
+    def submit(self, uri: str, key: str, kind: str, image_column: str, part=None):
         if self.pool is not None:
-            job = self.pool.submit(index_container, uri, key, kind, image_column, self.s3)
+            job = self.pool.submit(index_container, uri, key, kind, image_column, self.s3, part)
         else:
-            job = self.remote.remote(uri, key, kind, image_column, self.s3)
+            job = self.remote.remote(uri, key, kind, image_column, self.s3, part)
         self.pending[id(job)] = job
         return job
 
@@ -211,9 +235,11 @@ class _Indexer:
 
 
 def _drain(entry, indexer: _Indexer) -> Iterator[str | tuple[str, str]]:
-    key, job = entry
+    key, job = entry  # job: None (a loose object), entries found already, or a running index job
     if job is None:
         yield key
+    elif isinstance(job, list):
+        yield from job
     else:
         yield from indexer.result(job)
 
