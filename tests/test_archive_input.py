@@ -122,8 +122,12 @@ def make_containers() -> tuple[dict[str, bytes], dict[str, bytes], dict[str, str
     objects["hf/plain.parquet"] = _parquet(pa.array([_jpeg(60), _jpeg(61)], pa.binary()), row_group_size=1)
     good.update({"hf/plain.parquet/0": _jpeg(60), "hf/plain.parquet/1": _jpeg(61)})
 
-    # LSUN: an LMDB keyed by 40 hex digits; small values sit in leaf pages, a large one in overflow pages
-    lsun = {f"{i:040x}".encode(): _jpeg(90 + i, *((120, 160) if i == 1 else (24, 32))) for i in range(3)}
+    # LSUN: an LMDB keyed by 40 hex digits, whose scene categories hold WebP images (its export tool
+    # writes .webp files); small values sit in leaf pages, a large one in overflow pages
+    lsun = {f"{i:040x}".encode(): _jpeg(90 + i, *((120, 160) if i == 1 else (24, 32))) for i in range(2)}
+    webp = io.BytesIO()
+    Image.fromarray(np.random.default_rng(92).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(webp, "WEBP")
+    lsun[f"{2:040x}".encode()] = webp.getvalue()
     objects["lsun/bedroom_train_lmdb/data.mdb"], objects["lsun/bedroom_train_lmdb/lock.mdb"] = lmdb_files(lsun)
     good.update({f"lsun/bedroom_train_lmdb/data.mdb/{k.decode()}": v for k, v in lsun.items()})
 
