@@ -130,20 +130,28 @@ def _runs(pgnos: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _read_pages(native: Any, psize: int, file_pages: int, pgnos: list[int],
-                pool: ThreadPoolExecutor) -> dict[int, bytes | None]:
-    """{page number: its bytes, or None when the file ends before the page does}."""
+def _pages(native: Any, psize: int, pgnos: list[int], threads: int) -> Iterator[tuple[int, bytes | None]]:
+    """``(page number, its bytes or None when the file ends before it)`` for each of ``pgnos``,
+    in that order: read :data:`PAGES_PER_ROUND` at a time, neighbours by one read, ``threads``
+    reads in flight."""
+    file_pages = native.size() // psize
+
     def fetch(run: tuple[int, int]) -> tuple[tuple[int, int], bytes]:
         first, count = run
         count = max(0, min(count, file_pages - first))
         return run, bytes(native.read_at(count * psize, first * psize)) if count else b""
 
-    pages: dict[int, bytes | None] = {}
-    for (first, count), data in pool.map(fetch, _runs(pgnos)):
-        for k in range(count):
-            page = data[k * psize:(k + 1) * psize]
-            pages[first + k] = page if len(page) == psize else None
-    return pages
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(pgnos), PAGES_PER_ROUND):
+            chunk = pgnos[start:start + PAGES_PER_ROUND]
+            pages: dict[int, bytes] = {}
+            for (first, count), data in pool.map(fetch, _runs(chunk)):
+                for k in range(count):
+                    page = data[k * psize:(k + 1) * psize]
+                    if len(page) == psize:
+                        pages[first + k] = page
+            for pgno in chunk:
+                yield pgno, pages.get(pgno)
 
 
 def _nodes(page: bytes, pgno: int) -> Iterator[tuple[int, int, int, int, int]]:
@@ -197,30 +205,25 @@ def tree_leaves(native: Any, threads: int = READ_THREADS) -> tuple[Meta | None, 
     damage: list[Damage] = []
     seen: set[int] = set()
     level = [meta.root]
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(max(1, meta.depth) - 1):  # the levels above the leaves
-            below: list[int] = []
-            for start in range(0, len(level), PAGES_PER_ROUND):
-                chunk = level[start:start + PAGES_PER_ROUND]
-                pages = _read_pages(native, psize, file_size // psize, chunk, pool)
-                for pgno in chunk:
-                    page = pages.get(pgno)
-                    if pgno in seen:
-                        damage.append(Damage("", "corrupt_archive", f"page {pgno} is reached twice (a cycle)"))
-                        continue
-                    seen.add(pgno)
-                    if page is None:
-                        damage.append(Damage("", "truncated_archive", f"page {pgno} of the tree lies past the end "
-                                                                      f"of the file ({file_size} bytes)"))
-                        continue
-                    try:
-                        if not struct.unpack_from("<H", page, 10)[0] & P_BRANCH:
-                            raise LmdbError("corrupt_archive", f"page {pgno} should be a branch page "
-                                                               f"(the tree's depth is {meta.depth})")
-                        below += [lo | hi << 16 | fl << 32 for _, lo, hi, fl, _ in _nodes(page, pgno)]
-                    except LmdbError as e:
-                        damage.append(Damage("", e.reason, e.detail))
-            level = below
+    for _ in range(max(1, meta.depth) - 1):  # the levels above the leaves
+        below: list[int] = []
+        for pgno, page in _pages(native, psize, level, threads):
+            if pgno in seen:
+                damage.append(Damage("", "corrupt_archive", f"page {pgno} is reached twice (a cycle)"))
+                continue
+            seen.add(pgno)
+            if page is None:
+                damage.append(Damage("", "truncated_archive", f"page {pgno} of the tree lies past the end "
+                                                              f"of the file ({file_size} bytes)"))
+                continue
+            try:
+                if not struct.unpack_from("<H", page, 10)[0] & P_BRANCH:
+                    raise LmdbError("corrupt_archive", f"page {pgno} should be a branch page "
+                                                       f"(the tree's depth is {meta.depth})")
+                below += [lo | hi << 16 | fl << 32 for _, lo, hi, fl, _ in _nodes(page, pgno)]
+            except LmdbError as e:
+                damage.append(Damage("", e.reason, e.detail))
+        level = below
     leaves = [p for p in level if p not in seen]
     if len(leaves) != len(level) or len(set(leaves)) != len(leaves):
         damage.append(Damage("", "corrupt_archive", "a leaf page is reached twice (a cycle)"))
@@ -234,25 +237,20 @@ def leaf_values(native: Any, page_size: int, leaves: list[int], threads: int = R
     :class:`Damage` for a leaf page that cannot be read (``where`` ``@page-N``) or a value
     past the end of a truncated file (``where`` its key's name)."""
     file_size = native.size()
-    with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, len(leaves), PAGES_PER_ROUND):
-            chunk = leaves[start:start + PAGES_PER_ROUND]
-            pages = _read_pages(native, page_size, file_size // page_size, chunk, pool)
-            for pgno in chunk:
-                page = pages.get(pgno)
-                if page is None:
-                    yield Damage(f"@page-{pgno}", "truncated_archive",
-                                 f"leaf page {pgno} lies past the end of the file ({file_size} bytes)")
-                    continue
-                flags = struct.unpack_from("<H", page, 10)[0]
-                try:
-                    if flags & P_LEAF2:
-                        raise LmdbError("corrupt_archive", "fixed-size duplicate pages are not read")
-                    if not flags & P_LEAF:
-                        raise LmdbError("corrupt_archive", f"page {pgno} should be a leaf page (flags {flags:#x})")
-                    yield from _leaf_values(page, pgno, page_size, file_size)
-                except LmdbError as e:
-                    yield Damage(f"@page-{pgno}", e.reason, e.detail)
+    for pgno, page in _pages(native, page_size, leaves, threads):
+        if page is None:
+            yield Damage(f"@page-{pgno}", "truncated_archive",
+                         f"leaf page {pgno} lies past the end of the file ({file_size} bytes)")
+            continue
+        flags = struct.unpack_from("<H", page, 10)[0]
+        try:
+            if flags & P_LEAF2:
+                raise LmdbError("corrupt_archive", "fixed-size duplicate pages are not read")
+            if not flags & P_LEAF:
+                raise LmdbError("corrupt_archive", f"page {pgno} should be a leaf page (flags {flags:#x})")
+            yield from _leaf_values(page, pgno, page_size, file_size)
+        except LmdbError as e:
+            yield Damage(f"@page-{pgno}", e.reason, e.detail)
 
 
 def walk(native: Any, threads: int = READ_THREADS) -> Iterator[Value | Damage]:
