@@ -187,9 +187,21 @@ def test_a_large_database_is_indexed_in_parts_with_every_value_once(tmp_path, mo
     monkeypatch.setattr(sources, "LMDB_LEAVES_PER_TASK", 4)  # read on the driver, which cuts the parts
     damage, parts = sources.lmdb_parts(str(tmp_path / "lsun" / "cat_lmdb" / "data.mdb"), "x")
     assert not damage and len(parts) > 10 and all(len(leaves) <= 4 for _, leaves in parts)
-    # indexed by threads here, or by Ray tasks when an earlier test started Ray in this process
-    split = list(sources.plan_entries(str(tmp_path)))
+    # indexed by threads here, or by Ray tasks when an earlier test started Ray in this process; the
+    # parts are submitted as the plan's window takes them, never all at once
+    in_flight = []
+    submit = sources._Indexer.submit
+
+    def counted(self, *a):
+        job = submit(self, *a)
+        in_flight.append((len(self.pending), self.width))
+        return job
+
+    monkeypatch.setattr(sources._Indexer, "submit", counted)
+    split = list(sources.plan_entries(str(tmp_path), threads=2))
     assert split == whole and len(split) == len(items)
+    assert len(in_flight) == len(parts) and all(n <= 2 * width + 1 for n, width in in_flight)
+    assert len(parts) > 2 * max(width for _, width in in_flight) + 1  # enough parts to overrun an unbounded window
     name = "lsun/cat_lmdb/data.mdb"
     assert [k for k, _ in split] == [f"{name}/{k.decode()}" for k in sorted(items)]
     offset, size = json.loads(split[0][1])[2:]

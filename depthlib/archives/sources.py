@@ -39,6 +39,7 @@ decoding task and yields every entry's bytes or skip reason exactly once.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -53,8 +54,6 @@ from depthlib.archives import tar as tar_mod
 
 PARQUET_SUFFIXES = (".parquet",)
 LMDB_SUFFIXES = (".mdb", ".lmdb")
-LMDB_LOCK_NAMES = ("lock.mdb",)
-LMDB_LOCK_SUFFIXES = (".lmdb-lock", "/lock.mdb")
 INDEX_THREADS = 8  # containers indexed at once by the driver (ranged header reads wait on the network)
 COALESCE_GAP = 1 << 20  # neighbouring tar members closer than this are fetched by one ranged read ...
 COALESCE_SPAN = 64 << 20  # ... of at most this many bytes
@@ -74,7 +73,8 @@ def container_kind(key: str) -> str | None:
         return "tar"
     if low.endswith(PARQUET_SUFFIXES):
         return "parquet"
-    if low in LMDB_LOCK_NAMES or low.endswith(LMDB_LOCK_SUFFIXES):
+    name = low.rsplit("/", 1)[-1]
+    if name == "lock.mdb" or name.endswith(".lmdb-lock"):
         return "lmdb_lock"
     if low.endswith(LMDB_SUFFIXES):
         return "lmdb"
@@ -175,7 +175,9 @@ def plan_entries(input_uri: str, manifest: str | None = None, image_column: str 
                 continue
             if kind == "lmdb":
                 damage, parts = lmdb_parts(obj.uri, obj.key, indexer.s3)
-                jobs = [damage] + [indexer.submit(obj.uri, obj.key, kind, image_column, part) for part in parts]
+                # submitted one by one as the window takes them, so the window bounds the jobs in flight
+                jobs = itertools.chain([damage], (indexer.submit(obj.uri, obj.key, kind, image_column, part)
+                                                  for part in parts))
             else:
                 jobs = [None if kind is None else indexer.submit(obj.uri, obj.key, kind, image_column)]
             for job in jobs:
