@@ -21,16 +21,13 @@ refused with a message saying so.
 
 from __future__ import annotations
 
-import io
 import tarfile
-import zipfile
-import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from depthlib import storage
-
-BLOCK = 256 * 1024  # read-ahead of the index reader: one ranged GET covers many tar headers
+from depthlib.archives.tar import Window
+from depthlib.archives.tar import normalise as _normalise
+from depthlib.archives.zip import ZipDirectoryError, ZipMemberError, read_zip_member, zip_members
 
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
@@ -46,66 +43,6 @@ class FileReadError(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-class _BlockReader(io.RawIOBase):
-    """A seekable file over a pyarrow random-access file that reads in aligned
-    blocks and keeps the last one, so walking a tar's headers costs one ranged
-    read per :data:`BLOCK` bytes of small members instead of one per header."""
-
-    def __init__(self, native: Any, block: int = BLOCK):
-        self._f = native
-        self._size = native.size()
-        self._pos = 0
-        self._block = block
-        self._cache_start = -1
-        self._cache = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def _read_at(self, n: int, offset: int) -> bytes:
-        return bytes(self._f.read_at(n, offset))
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self._size - self._pos
-        n = max(0, min(n, self._size - self._pos))
-        if n == 0:
-            return b""
-        start = self._pos
-        if n > self._block:
-            out = self._read_at(n, start)
-        else:
-            out = b""
-            while len(out) < n:
-                pos = start + len(out)
-                block_start = pos - pos % self._block
-                if block_start != self._cache_start:
-                    self._cache = self._read_at(min(self._block, self._size - block_start), block_start)
-                    self._cache_start = block_start
-                chunk = self._cache[pos - block_start:pos - block_start + n - len(out)]
-                if not chunk:
-                    break
-                out += chunk
-        self._pos = start + len(out)
-        return out
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
 
 @dataclass(frozen=True)
@@ -150,21 +87,6 @@ def _sniff(head: bytes, uri: str) -> str:
                       f"give the dataset's folder, its .tar or (DA-2K) its .zip")
 
 
-def _normalise(name: str) -> str:
-    while name.startswith("./"):
-        name = name[2:]
-    return name.lstrip("/")
-
-
-def _zip_name(info: zipfile.ZipInfo) -> str:
-    if info.flag_bits & 0x800:
-        return info.filename
-    try:
-        return info.filename.encode("cp437").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return info.filename
-
-
 @dataclass
 class Source:
     """An opened dataset root. Use :meth:`open`; driver-side only (it holds the listing)."""
@@ -194,13 +116,15 @@ class Source:
             raise SourceError(f"{where} does not exist or holds no files")
         try:
             with storage.open_input(uri) as native:
-                reader = _BlockReader(native)
+                reader = Window(native)
                 kind = _sniff(reader.read(512), uri)
                 reader.seek(0)
                 files = _index_tar(reader, uri) if kind == "tar" else _index_zip(reader, uri)
         except SourceError:
             raise
-        except (storage.StorageError, OSError, tarfile.TarError, zipfile.BadZipFile, ValueError, EOFError) as e:
+        except ZipDirectoryError as e:
+            raise SourceError(f"cannot read the archive {where}: {e}") from None
+        except (storage.StorageError, OSError, tarfile.TarError, ValueError, EOFError) as e:
             raise SourceError(f"cannot read the archive {where}: {type(e).__name__}: {e}") from None
         if not files:
             raise SourceError(f"the archive {where} holds no files")
@@ -251,7 +175,7 @@ class Source:
         return read_locator(loc)
 
 
-def _index_tar(reader: _BlockReader, uri: str) -> dict[str, Locator]:
+def _index_tar(reader: Window, uri: str) -> dict[str, Locator]:
     files: dict[str, Locator] = {}
     with tarfile.open(fileobj=reader, mode="r:") as tf:
         for info in tf:
@@ -265,22 +189,14 @@ def _index_tar(reader: _BlockReader, uri: str) -> dict[str, Locator]:
     return files
 
 
-def _index_zip(reader: _BlockReader, uri: str) -> dict[str, Locator]:
+def _index_zip(reader: Window, uri: str) -> dict[str, Locator]:
     files: dict[str, Locator] = {}
-    with zipfile.ZipFile(reader) as zf:
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            name = _normalise(_zip_name(info))
-            method = info.compress_type
-            if info.flag_bits & 0x1:
-                method = -1  # encrypted: reported when read
-            files[name] = Locator("zip", uri, name, offset=info.header_offset, size=info.compress_size,
-                                  method=method, crc=info.CRC, file_size=info.file_size)
+    for m in zip_members(reader):
+        if not m.is_dir:
+            name = _normalise(m.name)  # an encrypted member (method -1) is reported when read
+            files[name] = Locator("zip", uri, name, offset=m.offset, size=m.size, method=m.method, crc=m.crc,
+                                  file_size=m.file_size)
     return files
-
-
-_ZIP_LOCAL_HEADER = 30
 
 
 def read_locator(loc: Locator | dict) -> bytes:
@@ -297,36 +213,13 @@ def read_locator(loc: Locator | dict) -> bytes:
                 if len(data) != loc.size:
                     raise FileReadError("corrupt", f"{loc.describe()}: archive ends inside the member")
                 return data
-            return _read_zip_member(f, loc)
+            return read_zip_member(f, loc.offset, loc.size, loc.method, loc.crc, loc.file_size, loc.describe())
     except FileReadError:
         raise
+    except ZipMemberError as e:  # truncated, corrupt or unsupported: the archive copy is bad
+        raise FileReadError("corrupt", str(e)) from None
     except storage.ObjectNotFoundError:
         raise FileReadError("missing_file", f"missing file {loc.describe()}") from None
     except (storage.StorageError, OSError) as e:
         raise FileReadError("read_error", f"cannot read {loc.describe()}: {e}") from None
 
-
-def _read_zip_member(f: Any, loc: Locator) -> bytes:
-    if loc.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        what = "encrypted" if loc.method == -1 else f"compressed with method {loc.method}"
-        raise FileReadError("corrupt", f"{loc.describe()} is {what}; only stored and deflated members are read")
-    slack = 1024
-    raw = bytes(f.read_at(_ZIP_LOCAL_HEADER + slack + loc.size, loc.offset))
-    if len(raw) < _ZIP_LOCAL_HEADER or raw[:4] != b"PK\x03\x04":
-        raise FileReadError("corrupt", f"{loc.describe()}: no zip local header at offset {loc.offset}")
-    name_len = int.from_bytes(raw[26:28], "little")
-    extra_len = int.from_bytes(raw[28:30], "little")
-    start = _ZIP_LOCAL_HEADER + name_len + extra_len
-    data = raw[start:start + loc.size]
-    if len(data) < loc.size:
-        data = bytes(f.read_at(loc.size, loc.offset + start))
-    if len(data) != loc.size:
-        raise FileReadError("corrupt", f"{loc.describe()}: archive ends inside the member")
-    if loc.method == zipfile.ZIP_DEFLATED:
-        try:
-            data = zlib.decompressobj(-15).decompress(data)
-        except zlib.error as e:
-            raise FileReadError("corrupt", f"{loc.describe()}: {e}") from None
-    if len(data) != loc.file_size or zlib.crc32(data) != loc.crc:
-        raise FileReadError("corrupt", f"{loc.describe()}: CRC or size mismatch (damaged archive)")
-    return data

@@ -10,10 +10,11 @@ frame has the same key however the dataset was stored, and each file's
 
 Archives are read in place with ranged reads, never unpacked to disk:
 
-- ZIP: the central directory is read once at listing time (``zipfile`` over
-  the seekable file of :func:`depthlib.storage.open_input`: a few reads at
-  the end of the archive); a member is then read by its local header's offset
-  and compressed size, two ranged reads, and checked against its CRC-32.
+- ZIP (:mod:`depthlib.archives.zip`): the central directory is read once at
+  listing time (a few reads at the end of the archive); a member is then read
+  by its local header's offset and compressed size, one ranged read (two when
+  its name and extra field are long), and checked against its CRC-32. Names
+  stored as UTF-8 without the UTF-8 flag are re-decoded as UTF-8.
 - tar (uncompressed, as VKITTI2 ships): listing walks the 512-byte headers,
   seeking over the data (one small ranged read per member); a member is one
   ranged read at its data offset. A compressed tar cannot be read at an
@@ -23,20 +24,17 @@ Archives are read in place with ranged reads, never unpacked to disk:
 from __future__ import annotations
 
 import posixpath
-import struct
 import tarfile
-import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 from depthlib import storage
+from depthlib.archives.tar import Window
+from depthlib.archives.zip import ZipDirectoryError, ZipMemberError, read_zip_member, zip_members
 
 ARCHIVE_SUFFIXES = (".zip", ".tar")
 REFUSED_ARCHIVES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-_ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature ... name length, extra length
-_ZIP_LOCAL_MAGIC = b"PK\x03\x04"
 
 
 class ArchiveError(ValueError):
@@ -96,20 +94,17 @@ def _list_zip(uri: str, keep: Callable[[str], bool]) -> list[tuple[str, Source]]
     answers a read at the end of the object itself: ``zipfile`` makes one, and
     pyarrow's GCS file sends it to GCS, whose HTTP 416 it raises as an error
     (a read that starts inside the object and runs past its end returns short)."""
-    from depthlib.archives.tar import Window
-
     with storage.open_input(uri) as native:
         try:
-            infos = zipfile.ZipFile(Window(native)).infolist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            members = zip_members(Window(native))
+        except (ZipDirectoryError, OSError) as e:
             raise ArchiveError(f"{storage.redact(uri)}: not a readable ZIP ({e})") from None
     out = []
-    for info in infos:
-        name = _normalise_member(info.filename)
-        if info.is_dir() or not name or not keep(name):
+    for m in members:
+        name = _normalise_member(m.name)
+        if m.is_dir or not name or not keep(name):
             continue
-        out.append((name, Source(uri, info.filename, "zip", info.header_offset, info.compress_size,
-                                 info.compress_type, info.CRC, info.file_size)))
+        out.append((name, Source(uri, m.name, "zip", m.offset, m.size, m.method, m.crc, m.file_size)))
     return out
 
 
@@ -118,8 +113,6 @@ def _list_tar(uri: str, keep: Callable[[str], bool]) -> list[tuple[str, Source]]
     readers' aligned 256 KiB window (``depthlib.archives.tar.Window``): the
     headers of neighbouring small members come in one ranged read instead of
     one read each."""
-    from depthlib.archives.tar import Window
-
     out = []
     with storage.open_input(uri) as native:
         f = Window(native)
@@ -219,25 +212,10 @@ def read_source(src: Source, files: _ArchiveFiles | None = None) -> bytes:
             return _read_exact(f, src.offset, src.size, what)
         if src.kind != "zip":
             raise ValueError(f"unknown source kind {src.kind!r}")
-        header = _read_exact(f, src.offset, _ZIP_LOCAL_HEADER.size, what)
-        fields = _ZIP_LOCAL_HEADER.unpack(header)
-        if fields[0] != _ZIP_LOCAL_MAGIC:
-            raise ValueError(f"{what}: no ZIP local header at offset {src.offset}")
-        name_len, extra_len = fields[9], fields[10]
-        start = src.offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len
-        raw = _read_exact(f, start, src.size, what)
-        if src.method == zipfile.ZIP_STORED:
-            data = raw
-        elif src.method == zipfile.ZIP_DEFLATED:
-            try:
-                data = zlib.decompress(raw, -15)
-            except zlib.error as e:
-                raise ValueError(f"{what}: corrupt deflate data ({e})") from None
-        else:
-            raise ValueError(f"{what}: ZIP compression method {src.method} is not supported (stored, deflate)")
-        if len(data) != src.file_size or zlib.crc32(data) != src.crc:
-            raise ValueError(f"{what}: CRC-32 or size mismatch (damaged member)")
-        return data
+        try:
+            return read_zip_member(f, src.offset, src.size, src.method, src.crc, src.file_size, what)
+        except ZipMemberError as e:  # the errors this function has always raised for a damaged member
+            raise (EOFError if e.reason == "truncated" else ValueError)(str(e)) from None
     finally:
         if own:
             files.close()
