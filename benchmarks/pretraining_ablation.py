@@ -60,10 +60,10 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=[], help="run only these variants (pretrain, teacher_scratch, ...)")
     ap.add_argument("--set", action="append", default=[],
                     help="SETTING=VALUE for every teacher and student run (e.g. head_lr_multiplier=3)")
-    ap.add_argument("--teacher-data", nargs="+", default=["synthetic"], choices=("synthetic", "street"),
-                    help="the teachers' training shards: the demo's rendered synthetic scenes and/or its street "
-                         "scenes (the metric stage's data, read as relative depth, as the paper's teacher reads "
-                         "Virtual KITTI 2 beside the indoor sets)")
+    ap.add_argument("--teacher-data", nargs="+", default=["synthetic"],
+                    help="the teachers' training shards: `synthetic` (the demo's rendered scenes), `street` (its "
+                         "street scenes, the metric stage's data, read as relative depth, as the paper's teacher "
+                         "reads Virtual KITTI 2 beside the indoor sets) or any shard prefix")
     ap.add_argument("--encoder-from", help="use the encoder.pth of this ablation output's pretrain runs "
                                            "(instead of this run's own)")
     args = ap.parse_args()
@@ -76,7 +76,7 @@ def main() -> None:
     demo = args.demo.rstrip("/")
     synthetic, photo = f"{demo}/synthetic/shards", f"{demo}/heldout/photo/shards"
     labels = f"{demo}/pseudo_labels/labels"
-    teacher_data = [{"synthetic": synthetic, "street": f"{demo}/metric_data/shards"}[d] for d in args.teacher_data]
+    teacher_data = [{"synthetic": synthetic, "street": f"{demo}/metric_data/shards"}.get(d, d) for d in args.teacher_data]
     bucket = f"{demo}/bucket/images"  # the unlabeled photo-style JPEGs, read as images (no shards)
     base = dict(PRESETS["tiny_cpu"], workers=2, val_every=100, checkpoint_every=100, keep_checkpoints=20,
                 val_data=photo, samples=2)
