@@ -83,15 +83,25 @@ def test_members_are_listed_and_read_exactly(tmp_path):
     assert len(LONG_EXTRA) > SLACK
 
 
-def test_a_damaged_member_names_itself(tmp_path):
-    path = tmp_path / "a.zip"
-    _write(path)
-    m = _members(path)["deflated.txt"]
+def _flip_middle_byte(path, m) -> None:
+    """Flip one byte in the middle of member ``m``'s stored data."""
     data = bytearray(path.read_bytes())
     header = 30 + int.from_bytes(data[m.offset + 26:m.offset + 28], "little") \
         + int.from_bytes(data[m.offset + 28:m.offset + 30], "little")
     data[m.offset + header + m.size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def test_a_damaged_member_names_itself(tmp_path):
+    path = tmp_path / "a.zip"
+    _write(path)
+    stored = _members(path)["stored.bin"]
+    _flip_middle_byte(path, stored)  # a stored member: only its CRC-32 can tell
+    with pytest.raises(ZipMemberError, match=r"a\.zip!stored\.bin: CRC-32 or size mismatch") as e:
+        _read(path, stored)
+    assert e.value.reason == "corrupt"
+    m = _members(path)["deflated.txt"]
+    _flip_middle_byte(path, m)
     with pytest.raises(ZipMemberError, match=r"a\.zip!deflated\.txt: (corrupt deflate data|CRC-32 or size)") as e:
         _read(path, m)
     assert e.value.reason == "corrupt"
